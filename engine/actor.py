@@ -1,0 +1,281 @@
+"""Two kinds of actor behind one API: trio tasks and pykka threads.
+
+Why two kinds (DESIGN.md, measured on 2 cores): one pykka thread per stage on
+the 20 ms path cannot hold 50 calls, while trio tasks hold 200. So every actor on
+the 20 ms path (transport, decoder, pacer) is a ``TrioActor``; actors that must
+block (a vendor SDK's streaming session, a synchronous TTS call, the database)
+are ``PykkaActor`` threads that receive audio in 40-100 ms batches.
+
+Both kinds are started by a ``Supervisor`` (``engine.supervisor``) from a child
+spec whose factory takes an ``ActorContext`` and returns either a ``TrioActor``
+instance or the ``ActorRef`` of a started ``PykkaActor``. Both report failure to
+their supervisor as a message; neither kind ever lets an exception escape
+silently (pykka would only log a failure in ``on_start``; here it is forwarded).
+
+Which thread runs what:
+
+- ``TrioActor``: every method runs on the trio thread, inside the actor's own
+  nursery (``self.nursery``), which the supervisor's nursery owns. Tasks the
+  actor starts in ``self.nursery`` die with it; an exception in any of them
+  fails the actor.
+- ``PykkaActor``: ``started``, ``receive`` and ``stopping`` run on the actor's
+  own thread. It talks to trio only through ``self.ctx.send`` (thread-safe).
+
+Messages: any frozen dataclass from ``engine.messages``. Siblings address each
+other by role through ``ctx.send(role, msg)``, never by instance, so a restarted
+actor receives the next message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Mapping
+
+import pykka
+import trio
+
+from engine.bridge import call_soon_in_trio
+
+if TYPE_CHECKING:
+    from engine.supervisor import Supervisor
+
+__all__ = ["ActorContext", "TrioActor", "PykkaActor", "ActorFailed"]
+
+log = logging.getLogger("callengine.actor")
+
+
+class ActorFailed(Exception):
+    """Raised inside a PykkaActor's thread to fail it on purpose (e.g. a session died)."""
+
+
+class ActorContext:
+    """What an actor incarnation knows about its place in the tree.
+
+    Created by the supervisor for each start of a slot (each incarnation gets a
+    new context with a new ``generation``). ``env`` holds the tree's shared,
+    read-only dependencies (providers, the business profile, call info, the
+    recorder); it is the same mapping for every sibling.
+    """
+
+    __slots__ = (
+        "role",
+        "generation",
+        "supervisor",
+        "env",
+        "_token",
+        "_trio_thread",
+        "_ready",
+        "_exited",
+        "handled",
+    )
+
+    def __init__(
+        self,
+        role: str,
+        generation: int,
+        supervisor: "Supervisor",
+        env: Mapping[str, Any],
+    ) -> None:
+        self.role = role
+        self.generation = generation
+        self.supervisor = supervisor
+        self.env = env
+        self._token = trio.lowlevel.current_trio_token()
+        self._trio_thread = threading.get_ident()
+        self._ready = False
+        self._exited = False
+        self.handled = 0  # messages handled by a pykka incarnation (its thread writes)
+
+    # ---- messaging (any thread) -----------------------------------------------
+
+    def send(self, role: str, msg: Any) -> None:
+        """Send ``msg`` to the sibling in slot ``role``. Never blocks; any thread.
+
+        On the trio thread it is delivered (or buffered by the slot) at once; from
+        another thread it is scheduled onto the trio thread, preserving order.
+        """
+        if threading.get_ident() == self._trio_thread:
+            self.supervisor.tell_role(role, msg)
+        else:
+            call_soon_in_trio(self._token, self.supervisor.tell_role, role, msg)
+
+    def on_trio(self) -> bool:
+        return threading.get_ident() == self._trio_thread
+
+    # ---- lifecycle reports (used by the runtime) ---------------------------------
+
+    def report_ready(self) -> None:
+        if not self._ready:
+            self._ready = True
+            self._post(self.supervisor._child_ready, self.role, self.generation)
+
+    def report_exit(self, error: BaseException | None) -> None:
+        if not self._exited:
+            self._exited = True
+            self._post(self.supervisor._child_exited, self.role, self.generation, error)
+
+    def _post(self, fn: Any, *args: Any) -> None:
+        if threading.get_ident() == self._trio_thread:
+            fn(*args)
+        else:
+            call_soon_in_trio(self._token, fn, *args)
+
+
+class TrioActor:
+    """An actor that is a trio task with a bounded mailbox.
+
+    Subclasses override ``receive`` (and optionally ``on_start``, ``on_stop``, or
+    ``run`` for a custom main loop). All run on the trio thread.
+
+    Guarantees:
+    - ``on_start`` completes before the supervisor reports the actor ready and
+      before any message is handled (OTP's synchronous start).
+    - Messages are handled one at a time in arrival order.
+    - ``on_stop`` runs on every exit (normal, failure, or stop by the
+      supervisor), shielded from cancellation and bounded by the slot's shutdown
+      timeout.
+    - An exception from any method or from a task in ``self.nursery`` fails the
+      actor; the supervisor decides what happens next.
+    """
+
+    kind = "trio"
+    mailbox_size = 512
+
+    ctx: ActorContext
+    nursery: trio.Nursery
+
+    def __init__(self) -> None:
+        self._send: trio.MemorySendChannel[Any] | None = None
+        self._recv: trio.MemoryReceiveChannel[Any] | None = None
+        self.handled = 0
+        self.dropped = 0
+
+    # ---- overridable ---------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        """Prepare. Runs before the actor is reported ready."""
+
+    async def receive(self, msg: Any) -> None:
+        """Handle one message."""
+
+    async def on_stop(self) -> None:
+        """Release what the actor owns. Shielded and time-bounded."""
+
+    async def run(self) -> None:
+        """The main loop; by default handle mailbox messages until stopped."""
+        assert self._recv is not None
+        async for msg in self._recv:
+            await self.receive(msg)
+            self.handled += 1
+
+    # ---- used by the supervisor --------------------------------------------------------
+
+    def _open_mailbox(self) -> None:
+        self._send, self._recv = trio.open_memory_channel(self.mailbox_size)
+
+    def deliver(self, msg: Any) -> bool:
+        """Put ``msg`` in the mailbox (trio thread). False when full (counted)."""
+        assert self._send is not None
+        try:
+            self._send.send_nowait(msg)
+            return True
+        except trio.WouldBlock:
+            self.dropped += 1
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+
+    def mailbox_depth(self) -> int:
+        if self._send is None:
+            return 0
+        return self._send.statistics().current_buffer_used
+
+    def stop_self(self) -> None:
+        """End the actor normally (a ``transient`` child is then not restarted)."""
+        self.nursery.cancel_scope.cancel()
+
+
+class PykkaActor(pykka.ThreadingActor):
+    """An actor with its own thread, for work that blocks.
+
+    Subclasses override ``started``, ``receive`` and ``stopping`` (all run on the
+    actor's thread) and construct themselves with the ``ActorContext``::
+
+        spec = ChildSpec("stt", lambda ctx: SttActor.start(ctx))
+
+    Guarantees:
+    - A failure in ``started`` or ``receive`` is reported to the supervisor as a
+      ``ChildExited`` with the error (pykka alone would only log ``on_start``
+      failures); the actor then handles no further message.
+    - A normal stop (``ref.stop()``) reports ``ChildExited`` with no error.
+    - ``BaseException`` never escapes into pykka (it would stop every actor in
+      the process): it is converted into a failure of this actor only.
+    """
+
+    kind = "pykka"
+
+    def __init__(self, ctx: ActorContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self._failed = False
+        self.started_at = time.monotonic()
+
+    # ---- overridable -------------------------------------------------------------
+
+    def started(self) -> None:
+        """Prepare (open sessions). Runs on the actor thread before it is ready."""
+
+    def receive(self, msg: Any) -> None:
+        """Handle one message on the actor thread."""
+
+    def stopping(self) -> None:
+        """Release what the actor owns. Runs on the actor thread; must not block long."""
+
+    # ---- pykka hooks, sealed -----------------------------------------------------
+
+    def on_start(self) -> None:
+        try:
+            self.started()
+        except BaseException as exc:  # noqa: BLE001 - see class docstring
+            self._fail(exc)
+            return
+        self.ctx.report_ready()
+
+    def on_receive(self, message: Any) -> Any:
+        if self._failed:
+            return None
+        try:
+            self.receive(message)
+            self.ctx.handled += 1
+        except BaseException as exc:  # noqa: BLE001 - see class docstring
+            self._fail(exc)
+        return None
+
+    def on_stop(self) -> None:
+        if self._failed:
+            return
+        try:
+            self.stopping()
+        except Exception as exc:  # noqa: BLE001
+            self.ctx.report_exit(exc)
+            return
+        self.ctx.report_exit(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not isinstance(exc, Exception):
+            exc = ActorFailed(f"{type(exc).__name__}: {exc}")
+        self._failed = True
+        try:
+            self.stopping()
+        except Exception:  # noqa: BLE001
+            log.debug("stopping() failed after a failure", exc_info=True)
+        self.ctx.report_exit(exc)
+        # Stop this actor's loop without pykka's error log; the inbox remainder is
+        # dropped (the supervisor's slot buffers new messages while it restarts).
+        pykka.ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+
+    def mailbox_depth(self) -> int:
+        return self.actor_inbox.qsize()  # type: ignore[attr-defined]

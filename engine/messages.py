@@ -1,0 +1,388 @@
+"""Every message that crosses an actor boundary, defined in one place.
+
+Messages are frozen, slotted dataclasses: immutable (safe to hand from a trio task
+to a pykka thread without copying), cheap to allocate, and comparable in tests.
+Audio travels as ``bytes``; never as numpy arrays, which are mutable.
+
+Naming: a message is named for what happened (``SpeechStarted``) or for what is
+asked (``Speak``), never for who sends it, so a restarted or substituted actor
+(for instance the fallback STT) sends and receives exactly the same vocabulary.
+
+Groups, in the order audio flows through a call::
+
+    transport -> decoder      CallerFrame, DtmfPressed, MarkEchoed, StreamStopped
+    decoder   -> stt          AudioChunk, UtteranceEnded
+    decoder   -> planner/pacer SpeechStarted, SpeechEnded
+    stt       -> planner      Transcript
+    planner   -> tts          Speak
+    tts       -> pacer        AgentAudio
+    pacer     -> transport    OutboundMedia, OutboundMark, OutboundClear
+    pacer     -> planner      PlaybackMarked, PlaybackCleared
+    anyone    -> recorder     Record*
+    supervision               ChildExited, ChildReady
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = [
+    "CallInfo",
+    "CallerFrame",
+    "DtmfPressed",
+    "MarkEchoed",
+    "StreamStopped",
+    "AudioChunk",
+    "UtteranceEnded",
+    "SpeechStarted",
+    "SpeechEnded",
+    "Transcript",
+    "CancelToken",
+    "UserTurn",
+    "TextDelta",
+    "LeadCaptured",
+    "EndCall",
+    "Speak",
+    "AgentAudio",
+    "OutboundMedia",
+    "OutboundMark",
+    "OutboundClear",
+    "PlaybackMarked",
+    "PlaybackCleared",
+    "Hangup",
+    "TurnStamp",
+    "RecordCallStarted",
+    "RecordCallEnded",
+    "RecordTurn",
+    "RecordLead",
+    "RecordChatMessage",
+    "ChatInbound",
+    "ChatReply",
+    "ChildExited",
+]
+
+
+# ---------------------------------------------------------------- call identity
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """What a call tree knows about its call, fixed at the Twilio ``start`` event."""
+
+    call_sid: str
+    stream_sid: str
+    business_id: str
+    from_number: str = ""
+    to_number: str = ""
+    custom: Mapping[str, str] = field(default_factory=dict)
+    started_at: float = 0.0  # wall clock (time.time()) of the start event
+    connected_at: float = 0.0  # trio clock (trio.current_time()) of ws accept
+
+
+# ------------------------------------------------------ transport -> decoder
+
+
+@dataclass(frozen=True, slots=True)
+class CallerFrame:
+    """One inbound media payload: raw μ-law bytes, usually 160 (20 ms at 8 kHz)."""
+
+    mulaw: bytes
+    t: float  # trio clock when the frame was read off the socket
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfPressed:
+    digit: str
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class MarkEchoed:
+    """Twilio echoed a mark we sent: the caller has heard audio up to it."""
+
+    name: str
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStopped:
+    """The caller hung up (Twilio ``stop``) or the socket closed."""
+
+    reason: str
+    t: float
+
+
+# ----------------------------------------------------------- decoder -> stt
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """A 40-100 ms batch of caller audio: 8 kHz mono PCM16 little-endian."""
+
+    pcm16: bytes
+    t: float  # trio clock at the end of the chunk
+    in_speech: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class UtteranceEnded:
+    """VAD hangover elapsed: the caller stopped speaking (utterance boundary)."""
+
+    t: float
+
+
+# ------------------------------------------------- decoder -> planner/pacer
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEnded:
+    """Silence began (``t`` is its start; the hangover has already elapsed)."""
+
+    t: float
+
+
+# ----------------------------------------------------------- stt -> planner
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    text: str
+    is_final: bool
+    t: float  # trio clock when produced (or wall clock when produced off trio)
+    stability: float = 0.0
+    confidence: float = 0.0
+    utterance: int = 0  # counter of utterances within the session
+
+
+# ------------------------------------------------------- planner -> tts etc.
+
+
+class CancelToken:
+    """A one-way cancellation flag readable from any thread.
+
+    Created by the planner for each agent reply and carried inside every
+    message of that reply, so a blocked TTS or LLM thread can notice a barge-in
+    without waiting for its mailbox. Setting is idempotent and thread-safe.
+    """
+
+    __slots__ = ("_event", "reason")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def __repr__(self) -> str:
+        return f"CancelToken(cancelled={self.cancelled})"
+
+
+@dataclass(frozen=True, slots=True)
+class UserTurn:
+    """The caller's (or chatter's) complete turn, handed to a language planner."""
+
+    turn_id: int
+    text: str
+    cancel: CancelToken
+    dtmf: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of the agent's reply as a planner streams it."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeadCaptured:
+    """The planner collected (part of) a lead: field name -> value."""
+
+    fields: Mapping[str, str]
+    complete: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EndCall:
+    """The planner decided the conversation is over (after its goodbye is spoken)."""
+
+    reason: str = "goodbye"
+
+
+@dataclass(frozen=True, slots=True)
+class Speak:
+    """Synthesize one sentence of a reply. ``last`` closes the utterance."""
+
+    turn_id: int
+    seq: int
+    text: str
+    last: bool
+    cancel: CancelToken
+    language: str = "en-US"
+    voice: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAudio:
+    """Synthesized μ-law 8 kHz audio for one reply, any length."""
+
+    turn_id: int
+    mulaw: bytes
+    last: bool
+    t: float = 0.0
+
+
+# -------------------------------------------------------- pacer -> transport
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMedia:
+    mulaw: bytes  # exactly 160 bytes (20 ms)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMark:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundClear:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    """Close the call from our side (goodbye said, or the tree is giving up)."""
+
+    reason: str
+
+
+# ---------------------------------------------------------- pacer -> planner
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackMarked:
+    """An agent utterance finished playing at the caller (mark echoed)."""
+
+    turn_id: int
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackCleared:
+    """Agent audio was cleared because the caller spoke over it."""
+
+    turn_id: int
+    t: float
+
+
+# ------------------------------------------------------------ recorder
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStamp:
+    """Name a latency stamp; values are milliseconds since ``ws_connected``."""
+
+    name: str
+    ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCallStarted:
+    call_sid: str
+    stream_sid: str
+    business_id: str
+    from_number: str
+    to_number: str
+    started_at: float  # wall clock
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCallEnded:
+    call_sid: str
+    ended_at: float
+    reason: str
+    summary: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordTurn:
+    call_sid: str
+    turn_index: int
+    transcript: str
+    reply: str
+    interrupted: bool
+    stamps: Mapping[str, float]
+    dtmf: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLead:
+    business_id: str
+    source: str  # "call" | "whatsapp"
+    ref: str  # call_sid or chat id
+    fields: Mapping[str, str]
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecordChatMessage:
+    chat_id: str
+    business_id: str
+    message_id: str
+    direction: str  # "in" | "out"
+    text: str
+    at: float
+
+
+# ------------------------------------------------------------ WhatsApp
+
+
+@dataclass(frozen=True, slots=True)
+class ChatInbound:
+    """A durable inbound WhatsApp text, delivered to its chat's tree."""
+
+    chat_id: str
+    business_id: str
+    message_id: str
+    text: str
+    received_at: float  # wall clock when the webhook received it
+    channel: str  # "baileys" | "cloud"
+    reply_to: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatReply:
+    chat_id: str
+    in_reply_to: str
+    text: str
+
+
+# ------------------------------------------------------------ supervision
+
+
+@dataclass(frozen=True, slots=True)
+class ChildExited:
+    """A child stopped. ``error`` is None for a normal exit.
+
+    ``generation`` distinguishes incarnations of one slot so that a late exit
+    report from an actor already replaced is ignored.
+    """
+
+    role: str
+    generation: int
+    error: BaseException | None

@@ -1,0 +1,704 @@
+"""Supervision as data, with Erlang/OTP's exact meanings plus what calls need.
+
+A ``Supervisor`` is itself a ``TrioActor``, so trees nest: the process has a
+call supervisor whose (temporary, dynamic) children are per-call supervisors,
+whose children are the call's actors. Children start in spec order, each
+``start`` returning only once the child is ready (OTP's synchronous start), and
+stop in reverse order.
+
+Semantics, stated precisely (OTP ``supervisor`` unless noted):
+
+- ``restart``: ``permanent`` children are always restarted; ``transient`` ones
+  only after an abnormal exit (an exception); ``temporary`` ones never.
+- ``significant`` + the supervisor's ``auto_shutdown``: when a significant child
+  exits normally and ``auto_shutdown`` is ``any_significant`` (or
+  ``all_significant`` and it was the last one), the supervisor stops its other
+  children and exits normally. A call's transport is significant: when the
+  caller hangs up, the tree ends.
+- ``strategy``: ``one_for_one`` restarts only the failed child;
+  ``rest_for_one`` stops the children started after it (in reverse order) and
+  restarts the failed child and then those, in order; ``one_for_all`` does so
+  for every child.
+- Restart intensity: if more than ``intensity`` restarts happen within
+  ``period`` seconds, the supervisor stops all children and fails with
+  ``SupervisorEscalation``; its parent then applies its own policy. Limits
+  multiply across levels, as in OTP.
+- Backoff (Akka's ``restartWithBackoff``): restart ``n`` of a child waits
+  ``min(backoff_max, backoff_base * 2**(n-1)) * uniform(1, 1 + jitter)``; ``n``
+  counts consecutive failures and resets once the child has run for
+  ``stable_after`` seconds.
+- Retry before fallback: a child spec with a ``fallback`` factory is restarted
+  ``max_retries`` times; the next failure starts the fallback in the same slot at
+  once (no backoff: the call must not go quiet). After ``probe_interval`` the
+  slot is half-open: the primary is started again in place of the fallback; if
+  it runs ``probe_hold`` seconds it is kept (closed), and if it fails within
+  that time the fallback comes back immediately and the next probe is
+  scheduled. Failures of a probe count toward intensity like any restart.
+- Role addressing: ``tell_role(role, msg)`` delivers to whatever incarnation is
+  in the slot. While the slot has no running child (starting, restarting,
+  backing off) messages are buffered, at most ``buffer`` of them; beyond that
+  the oldest is dropped and ``overflow`` counted — never silent.
+- Stopping is bounded: each child gets ``shutdown`` seconds for its ``on_stop``
+  (trio) or to report its exit (pykka), then it is abandoned and counted.
+
+All methods run on the trio thread. Exit and readiness reports from pykka
+threads arrive through ``TrioToken.run_sync_soon`` (see ``engine.bridge``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Mapping
+
+import pykka
+import trio
+
+from engine.actor import ActorContext, TrioActor
+
+__all__ = [
+    "Restart",
+    "Strategy",
+    "ChildSpec",
+    "Supervisor",
+    "SupervisorEscalation",
+    "Backoff",
+    "run_root",
+]
+
+log = logging.getLogger("callengine.supervisor")
+
+
+class Restart(str, enum.Enum):
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    TEMPORARY = "temporary"
+
+
+class Strategy(str, enum.Enum):
+    ONE_FOR_ONE = "one_for_one"
+    REST_FOR_ONE = "rest_for_one"
+    ONE_FOR_ALL = "one_for_all"
+
+
+class SupervisorEscalation(Exception):
+    """A supervisor exceeded its restart intensity and gave up."""
+
+
+Factory = Callable[[ActorContext], "TrioActor | pykka.ActorRef[Any]"]
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    base: float = 0.2
+    max: float = 5.0
+    jitter: float = 0.2  # fraction added on top: delay * uniform(1, 1 + jitter)
+
+    def delay(self, n: int, rng: random.Random | None = None) -> float:
+        """Delay before restart number ``n`` (1-based) of consecutive failures."""
+        d = min(self.max, self.base * (2 ** max(0, n - 1)))
+        r = (rng or random).random()
+        return d * (1.0 + self.jitter * r)
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    role: str
+    factory: Factory
+    restart: Restart = Restart.PERMANENT
+    fallback: Factory | None = None
+    max_retries: int = 3  # restarts of the primary before the fallback takes over
+    backoff: Backoff = field(default_factory=Backoff)
+    stable_after: float = 10.0
+    probe_interval: float = 30.0
+    probe_hold: float = 5.0
+    significant: bool = False
+    shutdown: float = 2.0
+    buffer: int = 256
+    start_timeout: float = 10.0
+
+
+class _Status(str, enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class _Slot:
+    """One child position: the spec, the live incarnation, and its history."""
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.status = _Status.STOPPED
+        self.generation = 0
+        self.actor: TrioActor | None = None
+        self.ref: pykka.ActorRef[Any] | None = None
+        self.ctx: ActorContext | None = None
+        self.cancel_scope: trio.CancelScope | None = None
+        self.done: trio.Event | None = None
+        self.ready: trio.Event | None = None
+        self.start_error: BaseException | None = None
+        self.stop_requested = False
+        self.restarts = 0
+        self.failures = 0  # consecutive, for backoff and fallback decisions
+        self.fallback_active = False
+        self.probing = False
+        self.fallbacks = 0
+        self.probes = 0
+        self.last_error = ""
+        self.started_at = 0.0  # trio clock
+        self.wall_started = 0.0
+        self.buffer: Deque[Any] = deque()
+        self.overflow = 0
+        self.handled_before = 0  # messages handled by earlier incarnations
+        self.pending_timer: trio.CancelScope | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.status is _Status.RUNNING
+
+    def handled(self) -> int:
+        n = self.handled_before
+        if self.actor is not None:
+            n += self.actor.handled
+        elif self.ctx is not None:
+            n += self.ctx.handled
+        return n
+
+    def depth(self) -> int:
+        d = len(self.buffer)
+        if self.actor is not None:
+            d += self.actor.mailbox_depth()
+        elif self.ref is not None:
+            d += self.ref.actor_inbox.qsize()  # type: ignore[attr-defined]
+        return d
+
+
+class Supervisor(TrioActor):
+    """A supervisor of trio and pykka children (see module docstring)."""
+
+    kind = "supervisor"
+
+    def __init__(
+        self,
+        name: str,
+        children: list[ChildSpec] | tuple[ChildSpec, ...] = (),
+        *,
+        strategy: Strategy = Strategy.ONE_FOR_ONE,
+        intensity: int = 3,
+        period: float = 5.0,
+        auto_shutdown: str = "never",  # "never" | "any_significant" | "all_significant"
+        env: Mapping[str, Any] | None = None,
+        rng: random.Random | None = None,
+        on_exit: Callable[["Supervisor", BaseException | None], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.strategy = Strategy(strategy)
+        self.intensity = intensity
+        self.period = period
+        self.auto_shutdown = auto_shutdown
+        self.env: Mapping[str, Any] = env if env is not None else {}
+        self._rng = rng or random.Random()
+        self._slots: dict[str, _Slot] = {}
+        self._order: list[str] = []
+        for spec in children:
+            self._add_slot(spec)
+        self._restart_times: deque[float] = deque()
+        self._events_send, self._events_recv = trio.open_memory_channel[Any](1024)
+        self._escalation: SupervisorEscalation | None = None
+        self._finished = trio.Event()
+        self._started = trio.Event()
+        self._on_exit = on_exit
+        self.total_restarts = 0
+        self.exit_error: BaseException | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    def tell_role(self, role: str, msg: Any) -> None:
+        """Deliver ``msg`` to the child in slot ``role`` (trio thread only).
+
+        Buffered (bounded, oldest dropped and counted) while that slot has no
+        running child. Messages for an unknown role are counted as overflow of a
+        pseudo-slot and dropped: a typo must not crash a call.
+        """
+        slot = self._slots.get(role)
+        if slot is None:
+            self.unknown_role_drops = getattr(self, "unknown_role_drops", 0) + 1
+            return
+        if slot.status is _Status.RUNNING:
+            if slot.actor is not None:
+                slot.actor.deliver(msg)
+                return
+            if slot.ref is not None:
+                try:
+                    slot.ref.tell(msg)
+                    return
+                except pykka.ActorDeadError:
+                    pass  # died; its exit report is on the way: buffer below
+        if slot.status is _Status.STOPPED and slot.spec.restart is Restart.TEMPORARY:
+            slot.overflow += 1
+            return
+        if len(slot.buffer) >= slot.spec.buffer:
+            slot.buffer.popleft()
+            slot.overflow += 1
+        slot.buffer.append(msg)
+
+    async def start_child(self, spec: ChildSpec) -> None:
+        """Add and start a dynamic child (e.g. one call tree). Returns once ready.
+
+        Raises ``ValueError`` if the role is taken by a live child.
+        """
+        existing = self._slots.get(spec.role)
+        if existing is not None and existing.status is not _Status.STOPPED:
+            raise ValueError(f"role {spec.role!r} already running")
+        if existing is not None:
+            self._remove_slot(spec.role)
+        slot = self._add_slot(spec)
+        await self._start_slot(slot)
+
+    def child(self, role: str) -> TrioActor | pykka.ActorRef[Any] | None:
+        slot = self._slots.get(role)
+        if slot is None:
+            return None
+        return slot.actor if slot.actor is not None else slot.ref
+
+    def roles(self) -> list[str]:
+        return list(self._order)
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    async def wait_finished(self) -> None:
+        await self._finished.wait()
+
+    def request_stop(self) -> None:
+        """Stop all children (reverse order) and exit normally. Idempotent."""
+        self._events_send.send_nowait(("stop", None))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The tree as plain data: role, kind, status, restarts, fallback, ..."""
+        now = trio.current_time()
+        return {
+            "role": self.name,
+            "kind": "supervisor",
+            "status": "running" if not self._finished.is_set() else "stopped",
+            "strategy": self.strategy.value,
+            "restarts": self.total_restarts,
+            "fallback": False,
+            "mailbox_depth": 0,
+            "handled": 0,
+            "last_error": repr(self.exit_error) if self.exit_error else "",
+            "uptime_s": round(now - self._born, 3) if hasattr(self, "_born") else 0.0,
+            "children": [self._slot_snapshot(self._slots[r], now) for r in self._order],
+        }
+
+    # ------------------------------------------------------------------ TrioActor
+
+    async def on_start(self) -> None:
+        self._born = trio.current_time()
+        for role in list(self._order):
+            await self._start_slot(self._slots[role])
+            if self._escalation is not None:
+                raise self._escalation
+        self._started.set()
+
+    async def run(self) -> None:
+        try:
+            async for kind, payload in self._events_recv:
+                if kind == "exit":
+                    role, generation, error = payload
+                    await self._handle_exit(role, generation, error)
+                elif kind == "ready":
+                    pass
+                elif kind == "timer":
+                    role, generation, action = payload
+                    await self._handle_timer(role, generation, action)
+                elif kind == "stop":
+                    return
+                if self._escalation is not None:
+                    raise self._escalation
+                if self._auto_shutdown_due():
+                    return
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._stop_all()
+
+    async def on_stop(self) -> None:
+        self._finished.set()
+        if self._on_exit is not None:
+            try:
+                self._on_exit(self, self.exit_error)
+            except Exception:  # noqa: BLE001
+                log.exception("supervisor on_exit hook failed")
+
+    # ------------------------------------------------------------------ reports
+
+    def _child_ready(self, role: str, generation: int) -> None:
+        slot = self._slots.get(role)
+        if slot is not None and slot.generation == generation and slot.ready is not None:
+            slot.ready.set()
+
+    def _child_exited(self, role: str, generation: int, error: BaseException | None) -> None:
+        slot = self._slots.get(role)
+        if slot is None or slot.generation != generation:
+            return  # a late report from a replaced incarnation
+        if slot.status is _Status.STARTING and slot.ready is not None:
+            slot.start_error = error or RuntimeError("exited during start")
+            slot.ready.set()
+        if slot.done is not None:
+            slot.done.set()
+        if slot.stop_requested:
+            return
+        try:
+            self._events_send.send_nowait(("exit", (role, generation, error)))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            log.error("supervisor %s lost an exit report for %s", self.name, role)
+
+    # ------------------------------------------------------------------ internals
+
+    def _add_slot(self, spec: ChildSpec) -> _Slot:
+        slot = _Slot(spec)
+        self._slots[spec.role] = slot
+        self._order.append(spec.role)
+        return slot
+
+    def _remove_slot(self, role: str) -> None:
+        self._slots.pop(role, None)
+        if role in self._order:
+            self._order.remove(role)
+
+    async def _start_slot(self, slot: _Slot) -> None:
+        """Start the slot's current factory; on start failure handle it as an exit."""
+        spec = slot.spec
+        factory = spec.fallback if (slot.fallback_active and spec.fallback) else spec.factory
+        slot.generation += 1
+        gen = slot.generation
+        slot.status = _Status.STARTING
+        slot.stop_requested = False
+        slot.start_error = None
+        slot.ready = trio.Event()
+        slot.done = trio.Event()
+        if slot.actor is not None or slot.ref is not None:
+            slot.handled_before = slot.handled()
+        slot.actor = None
+        slot.ref = None
+        ctx = ActorContext(spec.role, gen, self, self.env)
+        slot.ctx = ctx
+        try:
+            made = factory(ctx)
+        except Exception as exc:  # noqa: BLE001 - a factory failure is a child failure
+            slot.status = _Status.STOPPED
+            slot.done.set()
+            self._events_send.send_nowait(("exit", (spec.role, gen, exc)))
+            return
+        if isinstance(made, TrioActor):
+            slot.actor = made
+            made.ctx = ctx
+            made._open_mailbox()
+            slot.cancel_scope = trio.CancelScope()
+            self.nursery.start_soon(self._run_trio_child, slot, made, gen, slot.cancel_scope, slot.done)
+        elif isinstance(made, pykka.ActorRef):
+            slot.ref = made
+            slot.cancel_scope = None
+        else:
+            slot.status = _Status.STOPPED
+            slot.done.set()
+            self._events_send.send_nowait(
+                ("exit", (spec.role, gen, TypeError(f"factory for {spec.role} returned {type(made).__name__}")))
+            )
+            return
+        with trio.move_on_after(spec.start_timeout) as timeout:
+            await slot.ready.wait()
+        if timeout.cancelled_caught and slot.start_error is None:
+            slot.start_error = TimeoutError(f"{spec.role} not ready within {spec.start_timeout}s")
+            await self._stop_incarnation(slot)
+            self._events_send.send_nowait(("exit", (spec.role, gen, slot.start_error)))
+            return
+        if slot.start_error is not None:
+            slot.status = _Status.STOPPED
+            return  # the exit report is already queued
+        slot.status = _Status.RUNNING
+        slot.started_at = trio.current_time()
+        slot.wall_started = time.time()
+        # Flush what arrived while the slot had no running child, in order.
+        while slot.buffer and slot.status is _Status.RUNNING:
+            msg = slot.buffer.popleft()
+            if slot.actor is not None:
+                slot.actor.deliver(msg)
+            elif slot.ref is not None:
+                try:
+                    slot.ref.tell(msg)
+                except pykka.ActorDeadError:
+                    slot.buffer.appendleft(msg)
+                    break
+
+    async def _run_trio_child(
+        self,
+        slot: _Slot,
+        actor: TrioActor,
+        gen: int,
+        scope: trio.CancelScope,
+        done: trio.Event,
+    ) -> None:
+        error: BaseException | None = None
+        ctx = actor.ctx
+        with scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    actor.nursery = nursery
+                    await actor.on_start()
+                    ctx.report_ready()
+                    await actor.run()
+                    nursery.cancel_scope.cancel()
+            except* Exception as group:  # reported to the supervisor; Cancelled passes
+                error = _unwrap(group)
+            finally:
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(slot.spec.shutdown):
+                        try:
+                            await actor.on_stop()
+                        except Exception as exc:  # noqa: BLE001
+                            if error is None:
+                                error = exc
+        ctx.report_exit(error)
+        done.set()
+
+    async def _handle_exit(self, role: str, generation: int, error: BaseException | None) -> None:
+        slot = self._slots.get(role)
+        if slot is None or slot.generation != generation:
+            return
+        spec = slot.spec
+        slot.status = _Status.STOPPED
+        now = trio.current_time()
+        if error is not None:
+            slot.last_error = f"{type(error).__name__}: {error}"
+            log.warning(
+                "child failed",
+                extra={"supervisor": self.name, "role": role, "error": slot.last_error},
+            )
+        # Decide whether to restart.
+        if spec.restart is Restart.TEMPORARY or (spec.restart is Restart.TRANSIENT and error is None):
+            if spec.significant and error is None:
+                self._significant_exited = getattr(self, "_significant_exited", 0) + 1
+            if spec.restart is Restart.TEMPORARY and not spec.significant:
+                self._remove_slot(role)  # dynamic children leave no trace
+            return
+        # Intensity (OTP): more than `intensity` restarts within `period` -> give up.
+        if not self._note_restart(now):
+            self._escalation = SupervisorEscalation(
+                f"{self.name}: more than {self.intensity} restarts in {self.period}s (last: {role}: {slot.last_error})"
+            )
+            self.exit_error = self._escalation
+            return
+        uptime = now - slot.started_at if slot.started_at else 0.0
+        if slot.probing:
+            # Half-open probe failed: back to the fallback at once.
+            slot.probing = False
+            slot.fallback_active = True
+            slot.restarts += 1
+            await self._restart_group(slot, delay=0.0)
+            self._schedule(slot, spec.probe_interval, "probe")
+            return
+        if uptime >= spec.stable_after:
+            slot.failures = 0
+        slot.failures += 1
+        slot.restarts += 1
+        if spec.fallback is not None and not slot.fallback_active and slot.failures > spec.max_retries:
+            slot.fallback_active = True
+            slot.fallbacks += 1
+            slot.failures = 0
+            log.warning("switching to fallback", extra={"supervisor": self.name, "role": role})
+            await self._restart_group(slot, delay=0.0)
+            self._schedule(slot, spec.probe_interval, "probe")
+            return
+        await self._restart_group(slot, delay=spec.backoff.delay(slot.failures, self._rng))
+
+    def _note_restart(self, now: float) -> bool:
+        self.total_restarts += 1
+        self._restart_times.append(now)
+        while self._restart_times and now - self._restart_times[0] > self.period:
+            self._restart_times.popleft()
+        return len(self._restart_times) <= self.intensity
+
+    async def _restart_group(self, slot: _Slot, delay: float) -> None:
+        """Restart ``slot`` (and its later siblings for rest_for_one / all for one_for_all)."""
+        group = self._group_for(slot.spec.role)
+        # Stop the others in reverse order (the failed one is already down).
+        for role in reversed(group):
+            other = self._slots[role]
+            if other is not slot and other.status in (_Status.RUNNING, _Status.STARTING):
+                await self._stop_incarnation(other)
+        if delay > 0:
+            for role in group:
+                self._slots[role].status = _Status.BACKOFF
+            self._schedule(slot, delay, "restart")
+            return
+        for role in group:
+            await self._start_slot(self._slots[role])
+
+    def _group_for(self, role: str) -> list[str]:
+        if self.strategy is Strategy.ONE_FOR_ONE:
+            return [role]
+        if self.strategy is Strategy.REST_FOR_ONE:
+            i = self._order.index(role)
+            return [r for r in self._order[i:] if self._restartable(r)]
+        return [r for r in self._order if self._restartable(r)]
+
+    def _restartable(self, role: str) -> bool:
+        return self._slots[role].spec.restart is not Restart.TEMPORARY
+
+    def _schedule(self, slot: _Slot, delay: float, action: str) -> None:
+        gen = slot.generation
+        role = slot.spec.role
+
+        async def timer() -> None:
+            await trio.sleep(delay)
+            try:
+                self._events_send.send_nowait(("timer", (role, gen, action)))
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+
+        self.nursery.start_soon(timer)
+
+    async def _handle_timer(self, role: str, generation: int, action: str) -> None:
+        slot = self._slots.get(role)
+        if slot is None:
+            return
+        if action == "restart" and slot.generation == generation and slot.status is _Status.BACKOFF:
+            for r in self._group_for(role):
+                if self._slots[r].status in (_Status.BACKOFF, _Status.STOPPED):
+                    await self._start_slot(self._slots[r])
+        elif action == "probe" and slot.fallback_active and slot.status is _Status.RUNNING:
+            slot.probes += 1
+            await self._stop_incarnation(slot)
+            slot.fallback_active = False
+            slot.probing = True
+            await self._start_slot(slot)
+            if slot.status is _Status.RUNNING:
+                self._schedule(slot, slot.spec.probe_hold, "probe_hold")
+        elif action == "probe_hold" and slot.probing and slot.generation == generation:
+            if slot.status is _Status.RUNNING:
+                slot.probing = False
+                slot.failures = 0
+                log.warning("primary restored", extra={"supervisor": self.name, "role": role})
+
+    async def _stop_incarnation(self, slot: _Slot) -> None:
+        """Stop the slot's running child within its shutdown bound."""
+        slot.stop_requested = True
+        if slot.actor is not None and slot.cancel_scope is not None:
+            slot.cancel_scope.cancel()
+        elif slot.ref is not None:
+            try:
+                slot.ref.stop(block=False)
+            except pykka.ActorDeadError:
+                pass
+            except Exception:  # noqa: BLE001
+                log.debug("stop of %s failed", slot.spec.role, exc_info=True)
+        if slot.done is not None:
+            with trio.move_on_after(slot.spec.shutdown) as scope:
+                await slot.done.wait()
+            if scope.cancelled_caught:
+                self.abandoned = getattr(self, "abandoned", 0) + 1
+                log.error("child did not stop in time", extra={"supervisor": self.name, "role": slot.spec.role})
+        slot.handled_before = slot.handled()
+        slot.actor = None
+        slot.ref = None
+        slot.status = _Status.STOPPED
+
+    async def _stop_all(self) -> None:
+        for role in reversed(list(self._order)):
+            slot = self._slots.get(role)
+            if slot is not None and slot.status in (_Status.RUNNING, _Status.STARTING):
+                await self._stop_incarnation(slot)
+            elif slot is not None:
+                slot.status = _Status.STOPPED
+
+    def _auto_shutdown_due(self) -> bool:
+        exited = getattr(self, "_significant_exited", 0)
+        if not exited or self.auto_shutdown == "never":
+            return False
+        if self.auto_shutdown == "any_significant":
+            return True
+        remaining = [
+            s for s in self._slots.values() if s.spec.significant and s.status is not _Status.STOPPED
+        ]
+        return not remaining
+
+    def _slot_snapshot(self, slot: _Slot, now: float) -> dict[str, Any]:
+        if slot.actor is not None and isinstance(slot.actor, Supervisor):
+            snap = slot.actor.snapshot()
+            snap["role"] = slot.spec.role
+            snap["restarts"] = slot.restarts
+            return snap
+        kind = "trio" if slot.actor is not None else ("pykka" if slot.ref is not None else "-")
+        status = slot.status.value
+        if slot.status is _Status.RUNNING and slot.fallback_active:
+            status = "fallback"
+        return {
+            "role": slot.spec.role,
+            "kind": kind,
+            "status": status,
+            "restarts": slot.restarts,
+            "fallback": slot.fallback_active,
+            "fallbacks": slot.fallbacks,
+            "probes": slot.probes,
+            "mailbox_depth": slot.depth(),
+            "handled": slot.handled(),
+            "overflow": slot.overflow,
+            "last_error": slot.last_error,
+            "uptime_s": round(now - slot.started_at, 3) if slot.status is _Status.RUNNING else 0.0,
+            "children": [],
+        }
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """A nursery wraps a single failure in an ExceptionGroup; report the cause."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class _RootParent:
+    """The parent of a root supervisor: it has no one to report to."""
+
+    def _child_ready(self, role: str, generation: int) -> None:
+        pass
+
+    def _child_exited(self, role: str, generation: int, error: BaseException | None) -> None:
+        pass
+
+    def tell_role(self, role: str, msg: Any) -> None:
+        pass
+
+
+async def run_root(
+    sup: Supervisor, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run ``sup`` as the root of a tree in the current task.
+
+    ``task_status.started(sup)`` is called once every child is ready. Returns when
+    the supervisor stops normally (``request_stop`` or auto-shutdown); raises
+    ``SupervisorEscalation`` when it gives up. Cancellation stops the children in
+    reverse order within their shutdown bounds before propagating.
+    """
+    sup.ctx = ActorContext(sup.name, 1, _RootParent(), sup.env)  # type: ignore[arg-type]
+    sup._open_mailbox()
+    try:
+        async with trio.open_nursery() as nursery:
+            sup.nursery = nursery
+            await sup.on_start()
+            task_status.started(sup)
+            await sup.run()
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _unwrap(group) from None
+    finally:
+        with trio.CancelScope(shield=True):
+            await sup.on_stop()
