@@ -52,6 +52,9 @@ __all__ = [
     "PlaybackMarked",
     "PlaybackCleared",
     "Hangup",
+    "ReplyStamp",
+    "ReplyDone",
+    "SessionFailed",
     "TurnStamp",
     "RecordCallStarted",
     "RecordCallEnded",
@@ -78,7 +81,8 @@ class CallInfo:
     to_number: str = ""
     custom: Mapping[str, str] = field(default_factory=dict)
     started_at: float = 0.0  # wall clock (time.time()) of the start event
-    connected_at: float = 0.0  # trio clock (trio.current_time()) of ws accept
+    connected_at: float = 0.0  # time.monotonic() of the WebSocket accept
+    start_event_at: float = 0.0  # time.monotonic() when the Twilio start event was read
 
 
 # ------------------------------------------------------ transport -> decoder
@@ -89,7 +93,7 @@ class CallerFrame:
     """One inbound media payload: raw μ-law bytes, usually 160 (20 ms at 8 kHz)."""
 
     mulaw: bytes
-    t: float  # trio clock when the frame was read off the socket
+    t: float  # time.monotonic() when the frame was read off the socket
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +126,9 @@ class AudioChunk:
     """A 40-100 ms batch of caller audio: 8 kHz mono PCM16 little-endian."""
 
     pcm16: bytes
-    t: float  # trio clock at the end of the chunk
+    t: float  # time.monotonic() at the end of the chunk
     in_speech: bool = True
+    seq: int = 0  # per call, increasing; lets a restarted STT skip what it replayed
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +136,7 @@ class UtteranceEnded:
     """VAD hangover elapsed: the caller stopped speaking (utterance boundary)."""
 
     t: float
+    seq: int = 0
 
 
 # ------------------------------------------------- decoder -> planner/pacer
@@ -155,7 +161,7 @@ class SpeechEnded:
 class Transcript:
     text: str
     is_final: bool
-    t: float  # trio clock when produced (or wall clock when produced off trio)
+    t: float  # time.monotonic() when produced
     stability: float = 0.0
     confidence: float = 0.0
     utterance: int = 0  # counter of utterances within the session
@@ -290,6 +296,31 @@ class PlaybackCleared:
     t: float
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyStamp:
+    """A latency stamp for one turn, taken where it happened (any thread)."""
+
+    turn_id: int
+    name: str
+    t: float  # time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyDone:
+    """The planner's generation for a turn finished (or was cancelled)."""
+
+    turn_id: int
+    text: str
+    cancelled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFailed:
+    """A provider session died on another thread; its owner fails on purpose."""
+
+    error: BaseException
+
+
 # ------------------------------------------------------------ recorder
 
 
@@ -386,3 +417,15 @@ class ChildExited:
     role: str
     generation: int
     error: BaseException | None
+
+
+@dataclass(frozen=True, slots=True)
+class FlushJournal:
+    """Tick for the recorder: try to move journaled records into the store."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndCallAfter:
+    """The reply for ``turn_id`` ends the call once the caller has heard it."""
+
+    turn_id: int

@@ -1,0 +1,186 @@
+"""TX pacer: agent audio out in 20 ms frames on absolute deadlines.
+
+Runs on the trio thread (``TrioActor``). Why pace at all: Twilio plays what it
+receives, in order, and buffers the rest; sending a whole reply at once would
+make ``clear`` (barge-in) slow to take effect and hide underruns. Sending frames
+``lead_ms`` (60-100 ms) ahead of real time keeps Twilio's buffer short, so a
+``clear`` silences the caller's earpiece within one lead, while a scheduling
+hiccup of up to ``lead_ms`` never starves playback.
+
+Deadlines are absolute (``next_deadline += 20 ms``), so timer jitter never
+accumulates into drift; after an idle gap or an underrun the schedule restarts
+from "now".
+
+Guarantees:
+- Frames are exactly 160 bytes of μ-law; a partial last frame is padded with
+  μ-law silence.
+- After the last frame of each agent utterance a mark named ``turn-<id>`` is
+  sent; its echo (the caller heard it all) becomes ``PlaybackMarked``.
+- On ``SpeechStarted`` while agent audio is queued or unheard, the queue is
+  dropped, ``clear`` is sent, and the planner gets ``PlaybackCleared``.
+- The queue is bounded (``queue_frames``); beyond it the oldest frames are
+  dropped and counted in ``dropped_frames``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import trio
+
+from engine.actor import TrioActor
+from engine.audio import MULAW_SILENCE
+from engine.messages import (
+    AgentAudio,
+    MarkEchoed,
+    OutboundClear,
+    OutboundMark,
+    OutboundMedia,
+    PlaybackCleared,
+    PlaybackMarked,
+    ReplyStamp,
+    SpeechStarted,
+)
+
+FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law (Twilio's frame size)
+FRAME_S = 0.020
+
+_END = object()  # queue marker: end of an utterance
+
+
+class Pacer(TrioActor):
+    def __init__(
+        self,
+        *,
+        greeting: bytes = b"",
+        lead_ms: int = 80,
+        queue_frames: int = 3000,
+        metrics: Any = None,
+    ) -> None:
+        super().__init__()
+        self._greeting = greeting
+        self._lead = lead_ms / 1000.0
+        self._max_frames = queue_frames
+        self._queue: deque[tuple[int, Any]] = deque()  # (turn_id, frame bytes | _END)
+        self._frames_queued = 0
+        self._partial = b""
+        self._partial_turn = -1
+        self._wakeup = trio.Event()
+        self._pending_marks: dict[str, int] = {}
+        self._first_frame_sent: set[int] = set()
+        self._current_turn = -1  # the turn whose audio is playing or queued
+        self._cleared_turns: set[int] = set()
+        self.dropped_frames = 0
+        self.frames_sent = 0
+        self.clears = 0
+        self._metrics = metrics
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        if self._greeting:
+            self._enqueue(0, self._greeting)
+            self._enqueue_end(0)
+        self.nursery.start_soon(self._send_loop)
+
+    async def receive(self, msg: Any) -> None:
+        if isinstance(msg, AgentAudio):
+            if msg.turn_id in self._cleared_turns:
+                return  # audio of an interrupted reply still in flight
+            if msg.mulaw:
+                self._enqueue(msg.turn_id, msg.mulaw)
+            if msg.last:
+                self._enqueue_end(msg.turn_id)
+        elif isinstance(msg, SpeechStarted):
+            if self.agent_audio_outstanding:
+                self._clear(msg.t)
+        elif isinstance(msg, MarkEchoed):
+            turn = self._pending_marks.pop(msg.name, None)
+            if turn is not None:
+                self.ctx.send("planner", PlaybackMarked(turn_id=turn, t=msg.t))
+
+    # ---- state -----------------------------------------------------------------------
+
+    @property
+    def agent_audio_outstanding(self) -> bool:
+        """True while agent audio is queued or sent but not yet heard (mark pending)."""
+        return bool(self._queue) or bool(self._partial) or bool(self._pending_marks)
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _enqueue(self, turn_id: int, mulaw: bytes) -> None:
+        if self._partial and self._partial_turn == turn_id:
+            mulaw = self._partial + mulaw
+            self._partial = b""
+        n_full = len(mulaw) // FRAME_BYTES
+        for i in range(n_full):
+            self._queue.append((turn_id, mulaw[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]))
+        self._frames_queued += n_full
+        rest = mulaw[n_full * FRAME_BYTES :]
+        if rest:
+            self._partial = rest
+            self._partial_turn = turn_id
+        while self._frames_queued > self._max_frames:
+            turn, item = self._queue.popleft()
+            if item is not _END:
+                self._frames_queued -= 1
+                self.dropped_frames += 1
+        self._wakeup.set()
+
+    def _enqueue_end(self, turn_id: int) -> None:
+        if self._partial and self._partial_turn == turn_id:
+            pad = FRAME_BYTES - len(self._partial)
+            self._queue.append((turn_id, self._partial + MULAW_SILENCE * pad))
+            self._frames_queued += 1
+            self._partial = b""
+        self._queue.append((turn_id, _END))
+        self._wakeup.set()
+
+    def _clear(self, t: float) -> None:
+        turns = {turn for turn, _ in self._queue}
+        turns.update(self._pending_marks.values())
+        if self._partial:
+            turns.add(self._partial_turn)
+        self._queue.clear()
+        self._frames_queued = 0
+        self._partial = b""
+        self._pending_marks.clear()
+        self.clears += 1
+        self.ctx.send("transport", OutboundClear())
+        for turn in sorted(turns):
+            self._cleared_turns.add(turn)
+            self.ctx.send("planner", PlaybackCleared(turn_id=turn, t=t))
+
+    async def _send_loop(self) -> None:
+        """Owns the send schedule. One frame per 20 ms, ``lead`` ahead of real time."""
+        next_deadline = trio.current_time()
+        send = self.ctx.send
+        while True:
+            if not self._queue:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+                now = trio.current_time()
+                if next_deadline < now:
+                    next_deadline = now  # idle gap: restart the schedule from now
+            now = trio.current_time()
+            horizon = now + self._lead
+            if next_deadline < now - self._lead:
+                next_deadline = now  # we fell behind by more than the lead: underrun
+            while self._queue and next_deadline <= horizon:
+                turn, item = self._queue.popleft()
+                if item is _END:
+                    name = f"turn-{turn}"
+                    self._pending_marks[name] = turn
+                    send("transport", OutboundMark(name=name))
+                    continue
+                self._frames_queued -= 1
+                send("transport", OutboundMedia(mulaw=item))
+                self.frames_sent += 1
+                if turn not in self._first_frame_sent:
+                    self._first_frame_sent.add(turn)
+                    send("planner", ReplyStamp(turn_id=turn, name="first_frame", t=time.monotonic()))
+                next_deadline += FRAME_S
+            if self._queue:
+                await trio.sleep_until(next_deadline - self._lead)

@@ -1,0 +1,135 @@
+"""STT actor: owns one recognition session of a call.
+
+A ``PykkaActor``: vendor sessions block (Google's sync gRPC stream, a whisper
+transcription), so each call's recognizer lives on its own thread and receives
+audio in 40-100 ms batches, never per frame.
+
+Failure semantics (the supervisor's child spec gives the numbers): when the
+session reports an error (``on_error`` from a gRPC thread) the actor fails on
+purpose; the supervisor restarts it with backoff, then switches the slot to the
+fallback recognizer. Each new incarnation first replays the call's
+``AudioHistory`` (audio since the last final) into its new session, then skips
+mailbox items it has already replayed (by ``seq``), so no word is lost and none
+is recognized twice.
+
+Streaming recognizers get all audio; batch recognizers (``streaming=False``,
+e.g. whisper) get only speech: a 300 ms pre-roll before ``SpeechStarted``, the
+chunks in speech, and ``end_utterance()`` on ``UtteranceEnded`` (which is when
+they transcribe, on this thread).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from engine.actor import ActorContext, PykkaActor
+from engine.audio_history import AudioHistory
+from engine.messages import (
+    AudioChunk,
+    SessionFailed,
+    SpeechStarted,
+    Transcript,
+    UtteranceEnded,
+)
+from engine.providers.base import SpeechToText, SttSession
+
+PREROLL_CHUNKS = 5  # ~300 ms at 60 ms batches
+
+
+class SttActor(PykkaActor):
+    def __init__(
+        self,
+        ctx: ActorContext,
+        provider: SpeechToText,
+        history: AudioHistory,
+        *,
+        language: str,
+        phrase_hints: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(ctx)
+        self._provider = provider
+        self._history = history
+        self._language = language
+        self._hints = phrase_hints
+        self._session: SttSession | None = None
+        self._replayed_upto = 0
+        self._in_utterance = False
+        self._preroll: deque[bytes] = deque(maxlen=PREROLL_CHUNKS)
+        self._last_ue_seq = 0
+        self._final_pending_trim = False
+        self._streaming = bool(getattr(provider, "streaming", False))
+
+    # ---- lifecycle (actor thread) ----------------------------------------------------
+
+    def started(self) -> None:
+        self._session = self._provider.open_session(
+            language=self._language,
+            sample_rate=8000,
+            phrase_hints=self._hints,
+            on_transcript=self._on_transcript,
+            on_error=self._on_error,
+        )
+        for item in self._history.pending():
+            self._feed(item)
+            self._replayed_upto = max(self._replayed_upto, item.seq)
+
+    def stopping(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def receive(self, msg: Any) -> None:
+        if isinstance(msg, SessionFailed):
+            raise msg.error
+        if isinstance(msg, (AudioChunk, UtteranceEnded)):
+            if msg.seq <= self._replayed_upto:
+                return
+            self._feed(msg)
+        elif isinstance(msg, SpeechStarted):
+            self._in_utterance = True
+            if not self._streaming and self._session is not None:
+                for pcm in self._preroll:
+                    self._session.push_audio(pcm)
+                self._preroll.clear()
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _feed(self, item: AudioChunk | UtteranceEnded) -> None:
+        session = self._session
+        if session is None:
+            return
+        if isinstance(item, UtteranceEnded):
+            self._last_ue_seq = item.seq
+            self._in_utterance = False
+            session.end_utterance()
+            if self._final_pending_trim:
+                self._final_pending_trim = False
+                self._history.trim_through(item.seq)
+            return
+        if self._streaming:
+            session.push_audio(item.pcm16)
+        elif self._in_utterance or item.in_speech:
+            self._in_utterance = True
+            session.push_audio(item.pcm16)
+        else:
+            self._preroll.append(item.pcm16)
+
+    def _on_transcript(self, tr: Transcript) -> None:
+        # Any thread (a gRPC reader or this actor's own thread).
+        if tr.is_final:
+            if self._last_ue_seq and not self._in_utterance:
+                self._history.trim_through(self._last_ue_seq)
+            else:
+                self._final_pending_trim = True
+        if not tr.t:
+            tr = Transcript(tr.text, tr.is_final, time.monotonic(), tr.stability, tr.confidence, tr.utterance)
+        self.ctx.send("planner", tr)
+
+    def _on_error(self, exc: BaseException) -> None:
+        # Any thread: fail this actor on its own thread, in mailbox order.
+        try:
+            self.actor_ref.tell(SessionFailed(error=exc))
+        except Exception:  # noqa: BLE001 - the actor is already gone
+            pass

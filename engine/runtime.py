@@ -1,0 +1,264 @@
+"""The process runtime: everything one host process owns, and who owns it.
+
+Owned here, one of each per process: the settings and business profiles, the
+providers (one STT, TTS and LLM object each, plus the fallback recognizer), the
+pre-synthesized greetings and apologies, the store, the metrics, and the root
+supervision tree::
+
+    engine  (Supervisor, one_for_one)
+      recorder  pykka  permanent   - the only writer of records (write-behind, journaled)
+      calls     Supervisor         - one temporary child per live call (actors.call)
+      chats     Supervisor         - one temporary child per active WhatsApp chat
+
+``Runtime.run`` is a trio task (the app's lifespan nursery owns it); it returns
+when the tree stops. Everything else runs on the trio thread unless a method
+says otherwise. Nothing here is shared between processes: with ``--workers N``
+each process has its own runtime, and a call's context travels in TwiML
+``<Parameter>``s, never in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import trio
+
+from engine.actor import ActorContext
+from engine.bridge import call_soon_in_trio
+from engine.business import Business, load_businesses
+from engine.config import Settings
+from engine.messages import CallInfo, FlushJournal, RecordCallEnded, RecordCallStarted
+from engine.metrics import Metrics
+from engine.providers import make_planner, make_stt, make_tts
+from engine.recorder import Recorder
+from engine.store import DurableWriter, Journal, Store, open_store
+from engine.supervisor import ChildSpec, Restart, Supervisor, run_root
+
+log = logging.getLogger("callengine.runtime")
+
+
+@dataclass
+class LiveCall:
+    info: CallInfo
+    tree: Supervisor
+    ended: trio.Event = field(default_factory=trio.Event)
+    end_reason: str = ""
+    escalated: bool = False
+
+
+class Runtime:
+    """See the module docstring. Construct with ``Runtime.create`` (blocking: loads models)."""
+
+    def __init__(self, settings: Settings, businesses: dict[str, Business], store: Store) -> None:
+        self.settings = settings
+        self.businesses = businesses
+        self.store = store
+        self.metrics = Metrics()
+        self.stt = make_stt(settings.stt, settings)
+        self.stt_fallback = make_stt("whisper", settings) if settings.stt == "google" else None
+        self.tts = make_tts(settings.tts, settings)
+        self.planner = make_planner(settings.llm, settings)
+        self.llm_limiter = trio.CapacityLimiter(max(8, settings.max_calls * 2))
+        self._store_limiter = trio.CapacityLimiter(8)
+        self._greetings: dict[str, bytes] = {}
+        self._apologies: dict[str, bytes] = {}
+        self.live: dict[str, LiveCall] = {}
+        self.root: Supervisor | None = None
+        self.calls: Supervisor | None = None
+        self.chats: Supervisor | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self.writer = DurableWriter(store, Journal(settings.data_path / "journal.jsonl"))
+        self.chat_hooks: list[Callable[["Runtime"], Any]] = []
+        self.started_at = time.time()
+
+    @classmethod
+    def create(cls, settings: Settings) -> "Runtime":
+        """Blocking construction: profiles, store (migrated), providers, caches."""
+        businesses = load_businesses(settings.businesses_path)
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+        url = settings.secret("database_url") or f"sqlite:///{settings.data_path / 'callengine.db'}"
+        store = open_store(url)
+        store.migrate()
+        for biz in businesses.values():
+            store.upsert_business(biz.id, biz.name, {"language": biz.language, "source": biz.source})
+        runtime = cls(settings, businesses, store)
+        runtime.prepare_audio()
+        warm = getattr(runtime.stt, "warm_up", None) or getattr(runtime.stt_fallback, "warm_up", None)
+        if warm is not None:
+            warm()
+        return runtime
+
+    # ---- caches ---------------------------------------------------------------------
+
+    def prepare_audio(self) -> None:
+        """Pre-synthesize every business's greeting and apology (no TTS on the greeting path)."""
+        for biz in self.businesses.values():
+            self._greetings[biz.id] = self._synth(biz.greeting(), biz)
+            apology = biz.prompt("apology", default="Sorry, we have a technical problem. Please call again later.")
+            self._apologies[biz.id] = self._synth(apology, biz)
+
+    def _synth(self, text: str, biz: Business) -> bytes:
+        return b"".join(self.tts.synthesize(text, language=biz.language, voice=biz.voice))
+
+    def greeting_audio(self, business_id: str) -> bytes:
+        return self._greetings.get(business_id, b"")
+
+    def apology_audio(self, business_id: str) -> bytes:
+        return self._apologies.get(business_id, b"")
+
+    # ---- lookups --------------------------------------------------------------------
+
+    def business_for_number(self, number: str) -> Business:
+        digits = "".join(ch for ch in number if ch.isdigit())
+        for biz in self.businesses.values():
+            for n in biz.phone_numbers:
+                if digits and "".join(ch for ch in n if ch.isdigit()) == digits:
+                    return biz
+        return self.default_business()
+
+    def default_business(self) -> Business:
+        for biz in self.businesses.values():
+            if biz.default:
+                return biz
+        return next(iter(self.businesses.values()))
+
+    def new_vad(self) -> Any:
+        from engine.providers.vad import VoiceActivityDetector
+
+        v = self.settings.vad
+        return VoiceActivityDetector(
+            sample_rate=8000, threshold=v.threshold, min_speech_ms=v.min_speech_ms, hangover_ms=v.hangover_ms
+        )
+
+    def start_tts_actor(self, ctx: ActorContext, voice: str) -> Any:
+        from actors.tts import TtsActor
+
+        return TtsActor.start(ctx, self.tts, voice=voice)
+
+    # ---- recording (any thread, never blocks) ------------------------------------------
+
+    def record(self, msg: Any) -> None:
+        root = self.root
+        token = self._token
+        if root is None or token is None:
+            self.writer.write(msg)  # before start / after stop: write through
+            return
+        call_soon_in_trio(token, root.tell_role, "recorder", msg)
+
+    async def read_store(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._store_limiter)
+
+    # ---- calls ----------------------------------------------------------------------
+
+    @property
+    def live_call_count(self) -> int:
+        return len(self.live)
+
+    async def start_call(
+        self,
+        info: CallInfo,
+        stream: Any,
+        raw_in: trio.MemoryReceiveChannel[tuple[Any, float]],
+        raw_out: trio.MemorySendChannel[str],
+    ) -> LiveCall:
+        """Spawn the call's tree under ``calls``; returns once every actor is ready."""
+        from actors.call import build_call_tree
+
+        assert self.calls is not None
+        tree = build_call_tree(self, info, stream, raw_in, raw_out)
+        live = LiveCall(info=info, tree=tree)
+
+        def on_exit(sup: Supervisor, error: BaseException | None) -> None:
+            live.escalated = error is not None
+            live.end_reason = "escalated" if error is not None else "ended"
+            self.live.pop(info.call_sid, None)
+            self.metrics.calls_live.dec()
+            self.record(RecordCallEnded(call_sid=info.call_sid, ended_at=time.time(), reason=live.end_reason))
+            live.ended.set()
+            conv = sup.env.get("conversation")
+            if conv is not None and self.calls is not None:
+                self.calls.nursery.start_soon(self._summarize, info.call_sid, conv)
+
+        tree._on_exit = on_exit
+        self.live[info.call_sid] = live
+        self.metrics.calls_total.inc()
+        self.metrics.calls_live.inc()
+        self.record(
+            RecordCallStarted(
+                call_sid=info.call_sid,
+                stream_sid=info.stream_sid,
+                business_id=info.business_id,
+                from_number=info.from_number,
+                to_number=info.to_number,
+                started_at=info.started_at,
+            )
+        )
+        await self.calls.start_child(ChildSpec(info.call_sid, lambda ctx: tree, restart=Restart.TEMPORARY))
+        return live
+
+    async def _summarize(self, call_sid: str, conv: Any) -> None:
+        """After hang-up: the call's summary, off the hot path (a worker thread)."""
+        try:
+            summary = await trio.to_thread.run_sync(conv.summary, limiter=self.llm_limiter)
+        except Exception:  # noqa: BLE001 - a summary is a nicety; never fail for it
+            log.warning("summary failed", extra={"call_sid": call_sid}, exc_info=True)
+            return
+        if summary:
+            self.record(RecordCallEnded(call_sid=call_sid, ended_at=time.time(), reason="", summary=summary))
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus["Runtime"] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the root tree until cancelled or ``stop()``; ready once every child is."""
+        self._token = trio.lowlevel.current_trio_token()
+        writer = self.writer
+
+        def new_calls(ctx: ActorContext) -> Supervisor:
+            # A fresh instance per start: a restarted supervisor must not reuse state.
+            self.calls = Supervisor("calls", [], intensity=1_000_000, period=1.0)
+            return self.calls
+
+        def new_chats(ctx: ActorContext) -> Supervisor:
+            self.chats = Supervisor("chats", [], intensity=1_000_000, period=1.0)
+            return self.chats
+
+        root = Supervisor(
+            "engine",
+            [
+                ChildSpec("recorder", lambda ctx: Recorder.start(ctx, writer), shutdown=5.0),
+                ChildSpec("calls", new_calls, restart=Restart.PERMANENT, shutdown=10.0),
+                ChildSpec("chats", new_chats, restart=Restart.PERMANENT, shutdown=10.0),
+            ],
+            intensity=10,
+            period=60.0,
+        )
+        self.root = root
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_root, root)
+            for hook in self.chat_hooks:
+                hook(self)
+            nursery.start_soon(self._flush_ticker)
+            task_status.started(self)
+            await root.wait_finished()
+            nursery.cancel_scope.cancel()
+        self.root = None
+
+    async def _flush_ticker(self) -> None:
+        while True:
+            await trio.sleep(2.0)
+            if self.writer.pending and self.root is not None:
+                self.root.tell_role("recorder", FlushJournal())
+
+    def stop(self) -> None:
+        if self.root is not None:
+            self.root.request_stop()
+
+    def close(self) -> None:
+        """After ``run`` returned: flush what is journaled and release the store."""
+        try:
+            self.writer.flush()
+        finally:
+            self.store.close()
