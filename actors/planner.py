@@ -56,6 +56,7 @@ from engine.messages import (
     Transcript,
 )
 
+_PUNCT = ".!?…"
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 _WORDS = re.compile(r"[\w']+", re.UNICODE)
 
@@ -85,6 +86,7 @@ class _CallerTurn:
     partial_changed_at: float = 0.0
     first_partial: float | None = None
     last_final: float | None = None
+    last_speech_start: float = 0.0  # the latest SpeechStarted within this turn
     dtmf: str = ""
 
     def text(self, with_partial: bool) -> str:
@@ -292,11 +294,13 @@ class Planner(TrioActor):
             resumed = _CallerTurn(speech_start=cur.stamps.get("_speech_start_abs", t))
             resumed.finals = [cur.user_text] if cur.user_text else []
             resumed.dtmf = cur.dtmf
+            resumed.last_speech_start = t
             self._turn = resumed
             return
         if self._turn is None:
             self._turn = _CallerTurn(speech_start=t, dtmf=self._pending_dtmf)
             self._pending_dtmf = ""
+        self._turn.last_speech_start = t
 
     def _on_transcript(self, tr: Transcript, now: float) -> None:
         turn = self._turn
@@ -342,7 +346,10 @@ class Planner(TrioActor):
         turn = self._turn
         if turn is None or self._user_speaking or turn.speech_end is None:
             return
-        if turn.finals and not turn.partial:
+        final_is_current = turn.last_final is not None and turn.last_final >= turn.last_speech_start
+        if turn.finals and not turn.partial and final_is_current:
+            # A final that covers the latest stretch of speech (an earlier
+            # utterance's final does not: the caller paused and went on).
             self._end_turn(turn.text(False), now)
         elif turn.partial and self._partial_is_strong(turn, now):
             self._end_turn(turn.text(True), now)
@@ -455,9 +462,14 @@ class Planner(TrioActor):
                     if first:
                         first = False
                         sink.emit("planner", ReplyStamp(turn_id=reply.turn_id, name="llm_first_token", t=time.monotonic()))
-                    pending += ev.text
-                    full.append(ev.text)
+                    piece = ev.text
+                    if full and piece and not piece[0].isspace() and full[-1].rstrip()[-1:] in _PUNCT:
+                        piece = " " + piece  # planners that yield whole sentences omit the space
+                    full.append(piece)
+                    pending += piece
                     parts = _SENTENCE_END.split(pending)
+                    if pending.rstrip()[-1:] in _PUNCT:
+                        parts.append("")  # the piece closed a sentence: send it now
                     for sentence in parts[:-1]:
                         if sentence.strip():
                             sink.emit("tts", Speak(reply.turn_id, seq, sentence.strip(), False, token, language, voice))

@@ -258,8 +258,10 @@ class PykkaActor(pykka.ThreadingActor):
             return
         try:
             self.stopping()
-        except Exception as exc:  # noqa: BLE001
-            self.ctx.report_exit(exc)
+        except BaseException as exc:  # noqa: BLE001 - see class docstring
+            # pykka runs on_stop inside its message loop, whose BaseException
+            # handler calls ActorRegistry.stop_all(): never let one escape.
+            self.ctx.report_exit(exc if isinstance(exc, Exception) else ActorFailed(f"{type(exc).__name__}: {exc}"))
             return
         self.ctx.report_exit(None)
 
@@ -269,7 +271,7 @@ class PykkaActor(pykka.ThreadingActor):
         self._failed = True
         try:
             self.stopping()
-        except Exception:  # noqa: BLE001
+        except BaseException:  # noqa: BLE001 - a BaseException here would reach pykka's stop_all()
             log.debug("stopping() failed after a failure", exc_info=True)
         self.ctx.report_exit(exc)
         # Stop this actor's loop without pykka's error log; the inbox remainder is

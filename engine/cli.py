@@ -63,7 +63,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     hc.worker_class = "trio"
     hc.graceful_timeout = 15.0
     hc.keep_alive_timeout = 30.0
-    hc.websocket_max_message_size = settings.max_message_bytes
+    # The transport counts and drops messages over max_message_bytes itself; a
+    # larger hypercorn limit keeps an oversized message from closing the call.
+    hc.websocket_max_message_size = max(16 * settings.max_message_bytes, 1 << 20)
     hc.accesslog = None
     hc.errorlog = "-"
     hc.loglevel = settings.log_level

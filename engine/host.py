@@ -117,7 +117,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         host = public_host()
         path = request.full_path if request.query_string else request.path
         ok = any(
-            twsig.valid_webhook(token, f"{scheme}://{host}{path}", form.to_dict(flat=False), sig)
+            twsig.valid_webhook(token, f"{scheme}://{host}{path}", form, sig)
             for scheme in ("https", "http")
         )
         if not ok:

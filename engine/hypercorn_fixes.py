@@ -6,13 +6,21 @@
    ``aclose()``. The fix runs that close inside a shielded ``trio.CancelScope``
    (bounded, so a dead peer cannot hold it forever). Applied by ``apply()``,
    which the host calls at import, so every worker process gets it.
-2. ``hypercorn.trio.serve`` does not handle signals; ``engine.serve`` passes a
+2. ``hypercorn.trio.serve`` does not handle signals; ``engine.cli`` passes a
    ``shutdown_trigger`` that waits on SIGTERM/SIGINT.
+3. An exception inside one connection's ``TCPServer.run`` propagates into the
+   server's handler nursery and stops the whole server: one malformed client
+   (e.g. a binary WebSocket frame interleaved with a fragmented text message,
+   which makes hypercorn's ``ws_stream`` raise ``TypeError``) would end every
+   call in the process. Each connection's ``run`` is wrapped so such a failure
+   closes that connection only, and is logged once.
 
 Both are tested in ``tests/test_host.py``.
 """
 
 from __future__ import annotations
+
+import logging
 
 import trio
 
@@ -33,4 +41,20 @@ def apply() -> None:
                 await original(self)
 
     tcp_server.TCPServer._close = _close_shielded  # type: ignore[method-assign]
+
+    original_run = tcp_server.TCPServer.run
+
+    async def _run_isolated(self: tcp_server.TCPServer) -> None:
+        try:
+            await original_run(self)
+        except Exception:  # noqa: BLE001 - one connection must never stop the server
+            logging.getLogger("callengine.host").warning("connection failed", exc_info=True)
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1):
+                    try:
+                        await self.stream.aclose()
+                    except Exception:  # noqa: BLE001
+                        pass
+
+    tcp_server.TCPServer.run = _run_isolated  # type: ignore[method-assign]
     _applied = True

@@ -86,6 +86,10 @@ class Runtime:
             store.upsert_business(biz.id, biz.name, {"language": biz.language, "source": biz.source})
         runtime = cls(settings, businesses, store)
         runtime.prepare_audio()
+        from engine.providers.vad import MODEL_POOL
+
+        # A silero session takes 50-120 ms to load: never on the trio thread at call start.
+        MODEL_POOL.prewarm(min(settings.max_calls, 16))
         warm = getattr(runtime.stt, "warm_up", None) or getattr(runtime.stt_fallback, "warm_up", None)
         if warm is not None:
             warm()

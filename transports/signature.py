@@ -19,13 +19,20 @@ from twilio.request_validator import RequestValidator
 __all__ = ["valid_webhook", "valid_ws_upgrade", "compute"]
 
 
-def _params(form_params: Mapping[str, object] | None) -> dict:
-    # Multi-valued forms (e.g. werkzeug MultiDict) flatten to lists, which the library handles.
+def _params(form_params: Mapping[str, object] | None) -> Mapping[str, object]:
+    """What ``RequestValidator`` expects: a MultiDict as-is (it calls ``getlist``),
+    or a plain mapping of single values. A mapping of lists is flattened to a
+    MultiDict, because the library would stringify a list value whole."""
     if not form_params:
         return {}
-    getlist = getattr(form_params, "getlist", None)
-    if callable(getlist):
-        return {k: list(getlist(k)) for k in form_params.keys()}
+    if callable(getattr(form_params, "getlist", None)):
+        return form_params
+    if any(isinstance(v, (list, tuple)) for v in form_params.values()):
+        from werkzeug.datastructures import MultiDict
+
+        return MultiDict(
+            [(k, item) for k, v in form_params.items() for item in (v if isinstance(v, (list, tuple)) else [v])]
+        )
     return dict(form_params)
 
 

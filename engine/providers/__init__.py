@@ -7,6 +7,7 @@ imports the Google or OpenAI SDKs, and vice versa.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from engine.providers.base import (
@@ -52,6 +53,7 @@ def make_stt(name: str, settings: "Settings") -> SpeechToText:
             use_enhanced=g.use_enhanced,
             automatic_punctuation=g.punctuation,
             rotate_after_s=g.rotate_after_s,
+            clock=time.monotonic,  # Transcript.t is monotonic everywhere in the engine
         )
     if name == "stub":
         from engine.providers.stub import StubStt

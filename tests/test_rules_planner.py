@@ -1,0 +1,317 @@
+"""The rule planner against the real demo profiles (English and Hebrew)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.business import load_business, load_businesses
+from engine.messages import CancelToken, EndCall, LeadCaptured, TextDelta
+from engine.providers.base import Conversation, LanguagePlanner
+from engine.providers.rules_planner import RulesPlanner, extract_name, extract_phone
+
+BUSINESSES = Path(__file__).resolve().parent.parent / "config" / "businesses"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_business(BUSINESSES / "demo.toml")
+
+
+@pytest.fixture(scope="module")
+def demo_he():
+    return load_business(BUSINESSES / "demo-he.toml")
+
+
+def turn(conv, text):
+    """Run one user turn the way the planner actor does: reply, then commit what was said."""
+    events = list(conv.reply(text, cancel=CancelToken()))
+    spoken = " ".join(e.text for e in events if isinstance(e, TextDelta))
+    conv.commit(text, spoken)
+    return events, spoken
+
+
+def leads(events):
+    return [e for e in events if isinstance(e, LeadCaptured)]
+
+
+def test_implements_the_interfaces(demo):
+    planner = RulesPlanner()
+    assert isinstance(planner, LanguagePlanner)
+    assert planner.name == "rules"
+    assert isinstance(planner.open_conversation(demo, channel="call"), Conversation)
+
+
+def test_profiles_load_and_hebrew_profile_is_distinct():
+    found = load_businesses(BUSINESSES)
+    assert {"demo", "demo-he"} <= set(found)
+    he = found["demo-he"]
+    assert he.lang == "he" and not he.default
+    assert set(he.phone_numbers).isdisjoint(found["demo"].phone_numbers)
+    assert [b.id for b in found.values() if b.default] == ["demo"]
+
+
+def test_three_turn_demo_conversation(demo):
+    conv = RulesPlanner().open_conversation(demo, channel="call")
+
+    events, spoken = turn(conv, "I have a leaking pipe in the kitchen")
+    assert spoken == demo.prompt("ask_name")
+    assert leads(events) == [LeadCaptured({"need": "a leaking pipe in the kitchen"}, complete=False)]
+
+    events, spoken = turn(conv, "My name is David Cohen")
+    assert spoken == demo.prompt("ask_phone")
+    assert leads(events)[0].fields["name"] == "David Cohen"
+    assert not leads(events)[0].complete
+
+    events, spoken = turn(conv, "it's 054 123 4567")
+    (lead,) = leads(events)
+    assert lead.complete
+    assert dict(lead.fields) == {"name": "David Cohen", "phone": "0541234567", "need": "a leaking pipe in the kitchen"}
+    assert spoken.startswith("Thanks David Cohen.")
+    assert "a leaking pipe in the kitchen" in spoken
+    assert "0 5 4 1 2 3 4 5 6 7" in spoken  # digit by digit on a call
+    assert not any(isinstance(e, EndCall) for e in events)
+    # One TextDelta per sentence.
+    deltas = [e.text for e in events if isinstance(e, TextDelta)]
+    assert deltas == ["Thanks David Cohen.", deltas[1], "Anything else?"] and deltas[1].startswith("We will call")
+    summary = conv.summary()
+    assert "David Cohen" in summary and "0541234567" in summary and "leaking pipe" in summary
+    assert "\n" not in summary
+
+
+def test_chat_confirm_keeps_phone_as_digits(demo):
+    conv = RulesPlanner().open_conversation(demo, channel="chat")
+    turn(conv, "My name is Dana, my sink is blocked")
+    _, spoken = turn(conv, "0521112222")
+    assert "0521112222" in spoken and "Dana" in spoken
+
+
+@pytest.mark.parametrize(
+    "question, key",
+    [
+        ("when are you open?", "Sunday"),
+        ("What are your opening hours?", "Sunday"),
+        ("are you open on friday", "Sunday"),
+        ("how much does it cost", "two hundred"),
+        ("what's the price of a visit", "two hundred"),
+        ("where are you located", "Tel Aviv"),
+    ],
+)
+def test_faq_matches_demo_questions(demo, question, key):
+    conv = RulesPlanner().open_conversation(demo, channel="call")
+    events, spoken = turn(conv, question)
+    assert key in spoken
+    assert not leads(events)
+    assert not any(isinstance(e, EndCall) for e in events)
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "I have a leaking pipe in the kitchen",
+        "My name is David Cohen",
+        "the weather is nice today",
+        "I want to open a drain",
+        "Hello?",
+    ],
+)
+def test_faq_does_not_match_unrelated_sentences(demo, sentence):
+    conv = RulesPlanner().open_conversation(demo, channel="call")
+    _, spoken = turn(conv, sentence)
+    for faq in demo.faq:
+        assert faq.answers["en"] not in spoken
+
+
+def test_faq_answer_followed_by_pending_lead_question(demo):
+    conv = RulesPlanner().open_conversation(demo, channel="call")
+    turn(conv, "My boiler is broken")
+    events, spoken = turn(conv, "how much do you charge?")
+    assert "two hundred" in spoken
+    assert spoken.endswith(demo.prompt("ask_name"))
+    assert "how much" in conv.summary()
+
+
+@pytest.mark.parametrize("text", ["bye", "Goodbye!", "that's all", "no thanks", "No, that's it.", "ok thanks, bye"])
+def test_goodbye_ends_the_call(demo, text):
+    conv = RulesPlanner().open_conversation(demo, channel="call")
+    events, spoken = turn(conv, text)
+    assert isinstance(events[-1], EndCall)
+    assert spoken == demo.prompt("goodbye")
+    assert conv.ended
+
+
+def test_bare_no_after_confirm_is_goodbye_but_not_before(demo):
+    conv = RulesPlanner().open_conversation(demo, channel="call")
+    events, _ = turn(conv, "no")
+    assert not any(isinstance(e, EndCall) for e in events)
+    turn(conv, "I have a leak")
+    turn(conv, "David")
+    turn(conv, "0541234567")
+    events, _ = turn(conv, "no")
+    assert isinstance(events[-1], EndCall)
+
+
+def test_hebrew_conversation(demo_he):
+    conv = RulesPlanner().open_conversation(demo_he, channel="call")
+    events, spoken = turn(conv, "שלום, יש לי נזילה במטבח")
+    assert spoken == demo_he.prompt("ask_name")
+    assert leads(events)[0].fields == {"need": "נזילה במטבח"}
+
+    # "דוד" is a name here, not the boiler.
+    events, spoken = turn(conv, "קוראים לי דוד כהן")
+    assert spoken == demo_he.prompt("ask_phone")
+    assert leads(events)[0].fields["name"] == "דוד כהן"
+    assert leads(events)[0].fields["need"] == "נזילה במטבח"
+
+    events, spoken = turn(conv, "המספר שלי אפס חמש ארבע אחת שתיים שלוש ארבע חמש שש שבע")
+    (lead,) = leads(events)
+    assert lead.complete and lead.fields["phone"] == "0541234567"
+    assert spoken.startswith("תודה דוד כהן.")
+
+    _, spoken = turn(conv, "מתי אתם פתוחים?")
+    assert "ראשון עד חמישי" in spoken
+
+    events, spoken = turn(conv, "לא תודה")
+    assert isinstance(events[-1], EndCall)
+    assert spoken == demo_he.prompt("goodbye")
+
+
+def test_hebrew_business_answers_english_chatter_in_english(demo_he):
+    conv = RulesPlanner().open_conversation(demo_he, channel="chat")
+    _, spoken = turn(conv, "how much does it cost?")
+    assert "two hundred shekels" in spoken
+
+
+def test_hebrew_weak_name_only_when_asked(demo_he):
+    conv = RulesPlanner().open_conversation(demo_he, channel="call")
+    events, spoken = turn(conv, "כמה זה עולה?")
+    assert not leads(events)
+    assert "מאתיים" in spoken
+    turn(conv, "אני צריך אינסטלטור")  # a request: we ask for the name
+    events, _ = turn(conv, "אני משה")
+    assert leads(events)[0].fields["name"] == "משה"
+
+
+@pytest.mark.parametrize(
+    "text, digits",
+    [
+        ("zero five four one two three four five six seven", "0541234567"),
+        ("my number is oh five two, seven six five, four three two one", "0527654321"),
+        ("054-123-4567", "0541234567"),
+        ("call me at (054) 123 45 67 please", "0541234567"),
+        ("+972 54 555 1234", "+972545551234"),
+        ("zero five four double five one two three four five", "0545512345"),
+        ("אפס חמש שתיים, שבע שש חמש, ארבע שלוש שתיים ואחת", "0527654321"),
+    ],
+)
+def test_extract_phone(text, digits):
+    found = extract_phone(text)
+    assert found is not None and found[0] == digits
+
+
+@pytest.mark.parametrize(
+    "text", ["I have two pipes and one sink", "call me at 12345", "oh oh oh oh oh oh oh oh", "", "1234567890123456789"]
+)
+def test_extract_phone_rejects(text):
+    assert extract_phone(text) is None
+
+
+def test_spoken_digits_fill_the_phone_slot(demo):
+    conv = RulesPlanner().open_conversation(demo, channel="call")
+    turn(conv, "I need someone to fix my boiler")
+    turn(conv, "This is Ron")
+    events, _ = turn(conv, "zero five four one two three four five six seven")
+    assert leads(events)[0].fields["phone"] == "0541234567"
+    assert leads(events)[0].complete
+
+
+@pytest.mark.parametrize(
+    "text, asked, name",
+    [
+        ("my name is david cohen", False, "David Cohen"),
+        ("Hi, this is Sarah, my toilet is clogged", False, "Sarah"),
+        ("I'm calling about a leak", False, None),
+        ("this is urgent", False, None),
+        ("Dana Levi", True, "Dana Levi"),
+        ("yes, Dana", True, "Dana"),
+        ("Dana Levi", False, None),
+        ("I don't know", True, None),
+        ("שמי יעל", False, "יעל"),
+    ],
+)
+def test_extract_name(text, asked, name):
+    found = extract_name(text, asked=asked)
+    assert (found[0] if found else None) == name
+
+
+def test_reply_does_not_change_state(demo):
+    conv = RulesPlanner().open_conversation(demo, channel="call")
+    turn(conv, "I have a leaking pipe")
+    first = list(conv.reply("My name is David Cohen", cancel=CancelToken()))
+    second = list(conv.reply("My name is David Cohen", cancel=CancelToken()))
+    assert first == second
+    assert conv.lead == {"need": "a leaking pipe"}
+    # A speculative reply to something else, thrown away, leaves no trace either.
+    list(conv.reply("0541234567", cancel=CancelToken()))
+    assert conv.lead == {"need": "a leaking pipe"}
+    assert list(conv.reply("My name is David Cohen", cancel=CancelToken())) == first
+
+
+def test_cancel_stops_the_stream(demo):
+    conv = RulesPlanner().open_conversation(demo, channel="call")
+    turn(conv, "I have a leak")
+    turn(conv, "David")
+    token = CancelToken()
+    stream = conv.reply("0541234567", cancel=token)
+    got = [next(stream), next(stream)]  # the lead, the first sentence
+    assert isinstance(got[0], LeadCaptured) and isinstance(got[1], TextDelta)
+    token.cancel("barge-in")
+    assert list(stream) == []
+    assert list(conv.reply("0541234567", cancel=token)) == []
+
+
+def test_history_restores_lead_state(demo):
+    history = [
+        ("assistant", demo.greeting()),
+        ("user", "I have a leaking pipe in the kitchen"),
+        ("assistant", demo.prompt("ask_name")),
+        ("user", "Dana"),
+        ("assistant", demo.prompt("ask_phone")),
+    ]
+    conv = RulesPlanner().open_conversation(demo, channel="chat", history=history)
+    assert conv.lead == {"need": "a leaking pipe in the kitchen", "name": "Dana"}
+    events, _ = turn(conv, "0541234567")
+    assert leads(events)[0].complete
+
+
+def test_nothing_matched_gives_fallback_or_reasks(demo):
+    conv = RulesPlanner().open_conversation(demo, channel="call")
+    _, spoken = turn(conv, "hmm")
+    assert spoken == demo.prompt("fallback")
+    turn(conv, "I have a leak")
+    _, spoken = turn(conv, "hmm")  # we asked for the name: ask again
+    assert spoken.endswith(demo.prompt("ask_name"))
+
+
+def test_bad_input_is_handled(demo):
+    with pytest.raises(ValueError, match="channel"):
+        RulesPlanner().open_conversation(demo, channel="fax")
+    with pytest.raises(ValueError, match="role"):
+        RulesPlanner().open_conversation(demo, channel="chat", history=[("system", "x")])
+    conv = RulesPlanner().open_conversation(demo, channel="chat")
+    for text in ["", "   ", "🙂🙂", "{name} {0} {", "\x00\x01", "א" * 5000]:
+        events, _ = turn(conv, text)
+        assert all(isinstance(e, (TextDelta, LeadCaptured, EndCall)) for e in events)
+
+
+def test_custom_lead_field_is_asked_and_filled(demo):
+    import dataclasses
+
+    biz = dataclasses.replace(demo, lead_fields=("name", "address"))
+    conv = RulesPlanner().open_conversation(biz, channel="chat")
+    _, spoken = turn(conv, "My name is Dana")
+    assert spoken == "What is your address?"
+    events, spoken = turn(conv, "12 Herzl street, Haifa")
+    (lead,) = leads(events)
+    assert lead.complete and lead.fields == {"name": "Dana", "address": "12 Herzl street, Haifa"}

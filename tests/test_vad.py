@@ -1,0 +1,215 @@
+"""VoiceActivityDetector on real synthesized speech (espeak-ng -> 8 kHz μ-law -> PCM16)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from engine.audio import frames, resample_pcm16, strip_wav_header, ulaw_decode, ulaw_encode
+from engine.messages import SpeechEnded, SpeechStarted
+from engine.providers.vad import SileroModelPool, VoiceActivityDetector
+
+RATE = 8000
+FRAME = 160  # samples, 20 ms
+
+
+def speak(text: str) -> bytes:
+    """espeak-ng speech as 8 kHz PCM16, trimmed to its voiced part."""
+    raw = subprocess.run(["espeak-ng", "--stdout", "-v", "en-us", "--", text], capture_output=True, check=True).stdout
+    pcm, info = strip_wav_header(raw)
+    pcm = resample_pcm16(pcm, info["rate"], RATE)
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    blocks = x[: x.size // 80 * 80].reshape(-1, 80)
+    loud = np.flatnonzero(np.sqrt((blocks**2).mean(axis=1)) > 0.02 * np.abs(x).max())
+    return pcm[loud[0] * 160 : (loud[-1] + 1) * 160]
+
+
+def silence(seconds: float) -> bytes:
+    return bytes(int(seconds * RATE) * 2)
+
+
+def noise(seconds: float, level: float, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(0, level, int(seconds * RATE)), -32768, 32767).astype("<i2").tobytes()
+
+
+def telephone(pcm: bytes) -> list[bytes]:
+    """Through μ-law and back, cut into 20 ms PCM16 frames as the decoder would."""
+    return [ulaw_decode(f) for f in frames(ulaw_encode(pcm), FRAME)]
+
+
+def run(vad: VoiceActivityDetector, pcm: bytes) -> list[SpeechStarted | SpeechEnded]:
+    events = []
+    for i, frame in enumerate(telephone(pcm)):
+        events += vad.feed(frame, (i + 1) * FRAME / RATE)
+    return events
+
+
+@pytest.fixture(scope="module")
+def sentence() -> bytes:
+    return speak("I need a plumber for a leaking pipe in the kitchen")
+
+
+@pytest.fixture(scope="module")
+def short_sentence() -> bytes:
+    return speak("My name is David Cohen")
+
+
+@pytest.mark.parametrize("pregate", [True, False])
+def test_one_utterance_gives_one_pair_at_the_right_times(sentence, pregate):
+    vad = VoiceActivityDetector(use_webrtc_pregate=pregate)
+    lead = 1.0
+    events = run(vad, silence(lead) + sentence + silence(1.5))
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
+    truth_start, truth_end = lead, lead + len(sentence) / 2 / RATE
+    assert abs(events[0].t - truth_start) <= 0.1
+    assert abs(events[1].t - truth_end) <= 0.1
+    assert not vad.in_speech
+    vad.close()
+
+
+def test_two_utterances_600ms_apart_give_two_pairs(sentence, short_sentence):
+    vad = VoiceActivityDetector()
+    audio = silence(0.5) + short_sentence + silence(0.6) + sentence + silence(1.0)
+    events = run(vad, audio)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded] * 2
+    first_end = 0.5 + len(short_sentence) / 2 / RATE
+    assert abs(events[0].t - 0.5) <= 0.1
+    assert abs(events[1].t - first_end) <= 0.1
+    assert abs(events[2].t - (first_end + 0.6)) <= 0.1
+    assert abs(events[3].t - (first_end + 0.6 + len(sentence) / 2 / RATE)) <= 0.1
+    vad.close()
+
+
+@pytest.mark.parametrize("pregate", [True, False])
+@pytest.mark.parametrize("level", [30.0, 150.0])
+def test_low_level_white_noise_is_not_speech(pregate, level):
+    vad = VoiceActivityDetector(use_webrtc_pregate=pregate)
+    assert run(vad, noise(4.0, level)) == []
+    assert not vad.in_speech
+    vad.close()
+
+
+def test_speech_in_noise_is_still_found_and_timed(sentence):
+    pcm = np.frombuffer(silence(0.8) + sentence + silence(1.0), dtype="<i2").astype(np.float64)
+    pcm += np.frombuffer(noise(len(pcm) / RATE, 300.0, seed=3), dtype="<i2")
+    vad = VoiceActivityDetector()
+    events = run(vad, np.clip(pcm, -32768, 32767).astype("<i2").tobytes())
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
+    assert abs(events[0].t - 0.8) <= 0.1
+    assert abs(events[1].t - (0.8 + len(sentence) / 2 / RATE)) <= 0.1
+    vad.close()
+
+
+def test_in_speech_and_silence_ms_follow_the_audio(sentence):
+    vad = VoiceActivityDetector(hangover_ms=200)
+    frames_ = telephone(silence(0.5) + sentence + silence(1.0))
+    speech_frames = len(sentence) // 2 // FRAME
+    t = 0.0
+    seen_speech = False
+    max_silence_in_speech = 0.0
+    for i, f in enumerate(frames_):
+        t = (i + 1) * FRAME / RATE
+        for e in vad.feed(f, t):
+            if isinstance(e, SpeechStarted):
+                seen_speech = True
+        if vad.in_speech:
+            max_silence_in_speech = max(max_silence_in_speech, vad.silence_ms)
+        if i == 25 + speech_frames // 2:
+            assert vad.in_speech
+    assert seen_speech and not vad.in_speech
+    # The hangover bounds any silence seen while still in speech.
+    assert max_silence_in_speech < 200
+    # After the utterance, silence_ms counts from where the silence began (~1 s ago).
+    assert 850 <= vad.silence_ms <= 1150
+    vad.close()
+
+
+def test_hangover_and_min_speech_are_respected(sentence):
+    audio = silence(0.5) + sentence + silence(1.0)
+    ends = []
+    for hangover in (180, 400):
+        vad = VoiceActivityDetector(hangover_ms=hangover)
+        decided = None
+        for i, f in enumerate(telephone(audio)):
+            t = (i + 1) * FRAME / RATE
+            for e in vad.feed(f, t):
+                if isinstance(e, SpeechEnded):
+                    decided = (t, e.t)
+        assert decided is not None
+        # Decided no earlier than the hangover after silence began, within one window more.
+        assert hangover / 1000 <= decided[0] - decided[1] <= hangover / 1000 + 0.032 + 0.02
+        ends.append(decided[1])
+        vad.close()
+    assert abs(ends[0] - ends[1]) < 0.05
+    # min_speech_ms: a 100 ms burst is speech at the default, not when 300 ms are required.
+    burst = silence(0.5) + sentence[: int(0.1 * RATE) * 2] + silence(1.0)
+    vad = VoiceActivityDetector()
+    assert [type(e) for e in run(vad, burst)] == [SpeechStarted, SpeechEnded]
+    vad.close()
+    vad = VoiceActivityDetector(min_speech_ms=300)
+    assert run(vad, burst) == []
+    assert [type(e) for e in run(vad, sentence + silence(1.0))] == [SpeechStarted, SpeechEnded]
+    vad.close()
+
+
+def test_uneven_frame_sizes_are_buffered(sentence):
+    """Frames that are not 20 ms (a malformed peer) still work, just without the pre-gate."""
+    vad = VoiceActivityDetector()
+    audio = silence(0.5) + sentence + silence(1.0)
+    events, pos, t, i = [], 0, 0.0, 0
+    sizes = [100, 320, 502, 2, 640]
+    while pos < len(audio):
+        size = sizes[i % len(sizes)]
+        chunk = audio[pos : pos + size]
+        pos += len(chunk)
+        t += len(chunk) / 2 / RATE
+        events += vad.feed(chunk, t)
+        i += 1
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
+    assert abs(events[0].t - 0.5) <= 0.1
+    vad.close()
+
+
+def test_bad_input_and_arguments():
+    vad = VoiceActivityDetector()
+    with pytest.raises(ValueError, match="even"):
+        vad.feed(b"\x00" * 319, 0.02)
+    assert vad.feed(b"", 0.02) == []
+    vad.close()
+    vad.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        vad.feed(b"\x00" * 320, 0.04)
+    for kwargs in ({"sample_rate": 44100}, {"threshold": 1.5}, {"hangover_ms": 0}, {"min_speech_ms": -1}):
+        with pytest.raises(ValueError):
+            VoiceActivityDetector(**kwargs)
+
+
+def test_pool_reuses_models_and_resets_them(sentence):
+    pool = SileroModelPool()
+    pool.prewarm(1)
+    assert pool.idle() == 1
+    a = VoiceActivityDetector(pool=pool)
+    assert not a.loaded_model and pool.idle() == 0
+    b = VoiceActivityDetector(pool=pool)
+    assert b.loaded_model  # pool empty: loaded on the spot
+    run(a, silence(0.3) + sentence)  # leave it mid-utterance
+    a.close()
+    b.close()
+    assert pool.idle() == 2
+    # A reused model carries no state from its previous call.
+    c = VoiceActivityDetector(pool=pool)
+    assert not c.loaded_model
+    assert run(c, silence(1.0)) == []
+    assert [type(e) for e in run(c, sentence + silence(1.0))] == [SpeechStarted, SpeechEnded]
+    c.close()
+
+
+def test_pregate_skips_silero_on_silence():
+    vad = VoiceActivityDetector(use_webrtc_pregate=True)
+    run(vad, silence(2.0))
+    windows, calls = vad.stats
+    assert windows >= 60 and calls == 0
+    vad.close()
