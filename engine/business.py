@@ -69,12 +69,13 @@ class Business:
         return self.prompts.get(lang or self.lang, {}).get(key, default)
 
 
-def _req(data: Mapping[str, Any], key: str, typ: type, src: str) -> Any:
+def _req(data: Mapping[str, Any], key: str, typ: type | tuple[type, ...], src: str) -> Any:
     if key not in data:
         raise BusinessError(f"{src}: missing required key '{key}'")
     value = data[key]
     if not isinstance(value, typ):
-        raise BusinessError(f"{src}: key '{key}' must be {typ.__name__}, got {type(value).__name__}")
+        names = " or ".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
+        raise BusinessError(f"{src}: key '{key}' must be {names}, got {type(value).__name__}")
     return value
 
 
