@@ -40,6 +40,8 @@ from engine.runtime import Runtime
 from transports import signature as twsig
 from transports import twilio as tw
 from transports.twiml import connect_stream_twiml, say_and_hangup_twiml
+from whatsapp_bridge.routes import register_routes as register_whatsapp_routes
+from whatsapp_bridge.routes import start_whatsapp
 
 hypercorn_fixes.apply()
 
@@ -63,6 +65,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         return runtime
 
     app.extensions["callengine"] = state
+    register_whatsapp_routes(app)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -73,12 +76,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         runtime = await trio.to_thread.run_sync(Runtime.create, settings)
         state["runtime"] = runtime
         await app.nursery.start(runtime.run)
-        try:
-            from whatsapp_bridge.routes import start_whatsapp
-
-            await start_whatsapp(app, runtime)
-        except ImportError:
-            pass
+        await start_whatsapp(app, runtime)
 
     @app.after_serving
     async def _stop() -> None:

@@ -1,0 +1,149 @@
+"""The Baileys sidecar's contract, Python side: inbound payload validation and the sidecar client.
+
+The Node sidecar (``whatsapp_bridge/sidecar/``, its own owner) holds the
+WhatsApp Web session. It POSTs each inbound text to ``/whatsapp/baileys`` as::
+
+    {"id": "<msg id>", "chat": "<remoteJid>", "from": "<jid>", "push_name": "...",
+     "text": "...", "timestamp": <unix s int>, "to": "<our jid/number>"}
+
+with ``X-Callengine-Secret``, and exposes ``POST /send``, ``POST /typing`` and
+``GET /health`` behind the same header. Its delivery loop treats 2xx as done,
+408/429/5xx as "retry the same item later" and any other 4xx as poison
+(dropped and counted), so the host answers 400 only for a payload that will
+never be valid, and 5xx while it cannot store durably.
+
+``parse_inbound`` is sans-IO (a dict in, a frozen ``BaileysInbound`` or a
+``PayloadError`` naming the field out); ``SidecarChannel`` does the HTTP through
+the shared ``JsonPoster`` and runs on the trio thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from engine.messages import ChatInbound
+from whatsapp_bridge.senders import SEND_POLICY, TYPING_POLICY, JsonPoster
+
+__all__ = ["PayloadError", "BaileysInbound", "parse_inbound", "SidecarChannel", "SECRET_HEADER"]
+
+SECRET_HEADER = "X-Callengine-Secret"
+MAX_ID_CHARS = 256
+MAX_JID_CHARS = 256
+
+
+class PayloadError(ValueError):
+    """A webhook payload is malformed; ``field`` names the offending key ("body" for the whole)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class BaileysInbound:
+    id: str
+    chat: str
+    sender: str
+    push_name: str
+    text: str
+    timestamp: int
+    to: str
+
+
+def _string(obj: Mapping[str, Any], key: str, *, required: bool, nonempty: bool, max_len: int) -> str:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise PayloadError(key, f"field '{key}' is missing")
+        return ""
+    value = obj[key]
+    if not isinstance(value, str):
+        raise PayloadError(key, f"field '{key}' must be a string, got {type(value).__name__}")
+    if nonempty and not value.strip():
+        raise PayloadError(key, f"field '{key}' must not be empty")
+    if len(value) > max_len:
+        raise PayloadError(key, f"field '{key}' is longer than {max_len} characters")
+    return value
+
+
+def parse_inbound(obj: Any, *, max_text_chars: int) -> BaileysInbound:
+    """Validate one decoded sidecar payload. Pure; raises ``PayloadError``.
+
+    Required: ``id``, ``chat``, ``text`` (non-empty strings; ``text`` at most
+    ``max_text_chars``). Optional: ``from`` (defaults to ``chat``),
+    ``push_name``, ``to`` (strings) and ``timestamp`` (a non-negative integer,
+    0 when absent). Unknown keys are ignored (the sidecar may grow).
+    """
+    if not isinstance(obj, dict):
+        raise PayloadError("body", f"body must be a JSON object, got {type(obj).__name__}")
+    msg_id = _string(obj, "id", required=True, nonempty=True, max_len=MAX_ID_CHARS)
+    chat = _string(obj, "chat", required=True, nonempty=True, max_len=MAX_JID_CHARS)
+    text = _string(obj, "text", required=True, nonempty=True, max_len=max_text_chars)
+    sender = _string(obj, "from", required=False, nonempty=False, max_len=MAX_JID_CHARS) or chat
+    push_name = _string(obj, "push_name", required=False, nonempty=False, max_len=MAX_JID_CHARS)
+    to = _string(obj, "to", required=False, nonempty=False, max_len=MAX_JID_CHARS)
+    ts = obj.get("timestamp", 0)
+    if ts is None:
+        ts = 0
+    if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
+        raise PayloadError("timestamp", f"field 'timestamp' must be a non-negative integer (unix seconds), got {ts!r}")
+    return BaileysInbound(
+        id=msg_id.strip(), chat=chat.strip(), sender=sender, push_name=push_name, text=text, timestamp=ts, to=to
+    )
+
+
+def parse_qr(obj: Any) -> str:
+    """``{"qr": "<non-empty string>"}`` -> the QR text; raises ``PayloadError``."""
+    if not isinstance(obj, dict):
+        raise PayloadError("body", f"body must be a JSON object, got {type(obj).__name__}")
+    return _string(obj, "qr", required=True, nonempty=True, max_len=8192)
+
+
+class SidecarChannel:
+    """``ChatChannel`` over the sidecar's HTTP API (``settings.whatsapp.sidecar_url``).
+
+    ``typing`` posts ``composing``/``paused`` once (no retry); ``send_text`` posts
+    ``/send`` with the send retry policy and returns the sidecar's message id.
+    The recipient is the chat's JID (``msg.reply_to["to"]``, else ``msg.chat_id``).
+    Trio thread only.
+    """
+
+    name = "baileys"
+    max_text_chars = 4096
+
+    def __init__(self, poster: JsonPoster, base_url: str, secret: str) -> None:
+        self._poster = poster
+        self._base = base_url.rstrip("/")
+        self._headers = {SECRET_HEADER: secret}
+
+    @staticmethod
+    def _to(msg: ChatInbound) -> str:
+        return str(msg.reply_to.get("to") or msg.chat_id)
+
+    async def typing(self, msg: ChatInbound, composing: bool) -> None:
+        await self._poster.request(
+            "POST",
+            f"{self._base}/typing",
+            what="sidecar typing",
+            headers=self._headers,
+            body={"to": self._to(msg), "state": "composing" if composing else "paused"},
+            policy=TYPING_POLICY,
+        )
+
+    async def send_text(self, msg: ChatInbound, text: str) -> str:
+        data = await self._poster.request(
+            "POST",
+            f"{self._base}/send",
+            what="sidecar send",
+            headers=self._headers,
+            body={"to": self._to(msg), "text": text},
+            policy=SEND_POLICY,
+        )
+        out_id = data.get("id")
+        return out_id if isinstance(out_id, str) else ""
+
+    async def health(self) -> dict[str, Any]:
+        """The sidecar's ``/health`` object; raises ``SendFailed`` when it does not answer."""
+        return await self._poster.request(
+            "GET", f"{self._base}/health", what="sidecar health", headers=self._headers, policy=TYPING_POLICY
+        )
