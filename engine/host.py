@@ -172,7 +172,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         rows = await runtime.read_store(runtime.store.list_calls, limit)
         calls = []
         for row in rows:
-            row = dict(row)
+            row = _public_call(row)
             row["state"] = "live" if row["call_sid"] in runtime.live else "ended"
             calls.append(row)
         known = {c["call_sid"] for c in calls}
@@ -190,7 +190,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         live = runtime.live.get(call_sid)
         if row is None and live is None:
             return jsonify({"error": f"no call {call_sid}"}), 404
-        out = dict(row) if row is not None else {**_live_row(live), "turns": [], "leads": []}
+        out = _public_call(row) if row is not None else {**_live_row(live), "turns": [], "leads": []}
         out["state"] = "live" if live is not None else "ended"
         return jsonify(out)
 
@@ -265,12 +265,22 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     return app
 
 
+def _public_call(row: Any) -> dict[str, Any]:
+    """A stored call as the admin API shows it (``business``, ``from``, ``to`` as well)."""
+    out = dict(row)
+    out.setdefault("business", out.get("business_id"))
+    out.setdefault("from", out.get("from_number"))
+    out.setdefault("to", out.get("to_number"))
+    return out
+
+
 def _live_row(live: Any) -> dict[str, Any]:
     info = live.info
     return {
         "call_sid": info.call_sid,
         "stream_sid": info.stream_sid,
         "business": info.business_id,
+        "business_id": info.business_id,
         "from": info.from_number,
         "to": info.to_number,
         "started_at": info.started_at,

@@ -49,6 +49,11 @@ async def test_three_turn_call_transcribes_replies_and_stores_the_lead(host: Hos
     assert not result.violations
 
     record = await trio.to_thread.run_sync(lambda: host.call_record(result.call_sid, turns=3))
+    assert record["business"] == "demo" and record["from"] == "+15550001111"
+    status, listing = await trio.to_thread.run_sync(lambda: host.get("/admin/calls"))
+    mine = [c for c in listing["calls"] if c["call_sid"] == result.call_sid]
+    assert mine and mine[0]["state"] == "ended" and mine[0]["stream_sid"] == result.stream_sid
+    assert mine[0]["business"] == "demo" and mine[0]["started_at"]
     turns = record["turns"]
     text = " ".join(t["transcript"].lower() for t in turns)
     assert "leak" in text and "kitchen" in text, turns
@@ -209,3 +214,43 @@ async def test_ten_concurrent_calls_all_complete(host: HostProcess) -> None:
         record = await trio.to_thread.run_sync(lambda sid=r.call_sid: host.call_record(sid, turns=1))
         assert "open" in record["turns"][0]["transcript"].lower()
         assert "sunday" in record["turns"][0]["reply"].lower()
+
+
+async def test_live_call_shows_its_tree_and_state(host: HostProcess) -> None:
+    c = caller(host, [Pause(3.0), Say("I need a plumber"), WaitForReply(timeout=20)])
+    seen: dict = {}
+
+    async def watch() -> None:
+        while not seen:
+            status, listing = await trio.to_thread.run_sync(lambda: host.get("/admin/calls"))
+            live = [x for x in listing["calls"] if x["call_sid"] == c.result.call_sid and x["state"] == "live"]
+            if live:
+                status, tree = await trio.to_thread.run_sync(
+                    lambda: host.get(f"/admin/calls/{c.result.call_sid}/tree")
+                )
+                if status == 200:
+                    seen.update(tree)
+            await trio.sleep(0.2)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        result = await c.run()
+        with trio.move_on_after(5):
+            while not seen:
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert result.ok, result.errors
+    assert seen, "the live call's tree was served"
+    assert seen["kind"] == "supervisor" and seen["role"] == f"call:{result.call_sid}"
+    kinds = {ch["role"]: ch["kind"] for ch in seen["children"]}
+    assert kinds == {"transport": "trio", "pacer": "trio", "decoder": "trio", "planner": "trio",
+                     "tts": "pykka", "stt": "pykka"}
+    for ch in seen["children"]:
+        assert ch["status"] == "running" and ch["restarts"] == 0 and ch["fallback"] is False
+    with trio.move_on_after(5):
+        while True:
+            status, gone = await trio.to_thread.run_sync(lambda: host.get(f"/admin/calls/{result.call_sid}/tree"))
+            if status == 404:
+                break
+            await trio.sleep(0.1)
+    assert status == 404  # the tree ended with the call
