@@ -153,10 +153,12 @@ class _Slot:
         self.probes = 0
         self.last_error = ""
         self.started_at = 0.0  # trio clock
+        self.run_since: float | None = None  # trio clock; None unless this incarnation got running
         self.wall_started = 0.0
         self.buffer: Deque[Any] = deque()
         self.overflow = 0
         self.handled_before = 0  # messages handled by earlier incarnations
+        self.dropped_before = 0  # mailbox-full drops of earlier trio incarnations
         self.pending_timer: trio.CancelScope | None = None
 
     @property
@@ -169,6 +171,13 @@ class _Slot:
             n += self.actor.handled
         elif self.ctx is not None:
             n += self.ctx.handled
+        return n
+
+    def dropped(self) -> int:
+        """Messages a full trio mailbox refused, over all incarnations."""
+        n = self.dropped_before
+        if self.actor is not None:
+            n += self.actor.dropped
         return n
 
     def depth(self) -> int:
@@ -215,6 +224,7 @@ class Supervisor(TrioActor):
         self._escalation: SupervisorEscalation | None = None
         self._finished = trio.Event()
         self._started = trio.Event()
+        self._stop_requested = False
         self._on_exit = on_exit
         self.total_restarts = 0
         self.exit_error: BaseException | None = None
@@ -279,8 +289,19 @@ class Supervisor(TrioActor):
         await self._finished.wait()
 
     def request_stop(self) -> None:
-        """Stop all children (reverse order) and exit normally. Idempotent."""
-        self._events_send.send_nowait(("stop", None))
+        """Stop all children (reverse order) and exit normally (trio thread).
+
+        Idempotent and never raises, also after the supervisor has finished. The
+        stop takes effect after the event being handled now: no restart starts
+        after it.
+        """
+        if self._stop_requested:
+            return
+        self._stop_requested = True
+        try:
+            self._events_send.send_nowait(("stop", None))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # run() also checks the flag after every event
 
     def snapshot(self) -> dict[str, Any]:
         """The tree as plain data: role, kind, status, restarts, fallback, ..."""
@@ -303,10 +324,17 @@ class Supervisor(TrioActor):
 
     async def on_start(self) -> None:
         self._born = trio.current_time()
-        for role in list(self._order):
-            await self._start_slot(self._slots[role])
-            if self._escalation is not None:
-                raise self._escalation
+        try:
+            for role in list(self._order):
+                await self._start_slot(self._slots[role])
+                if self._escalation is not None:
+                    raise self._escalation
+        except BaseException:
+            # Cancelled (or failed) mid-start: run()'s cleanup never runs, and pykka
+            # children already started would outlive the tree. Stop them here.
+            with trio.CancelScope(shield=True):
+                await self._stop_all()
+            raise
         self._started.set()
 
     async def run(self) -> None:
@@ -321,6 +349,8 @@ class Supervisor(TrioActor):
                     role, generation, action = payload
                     await self._handle_timer(role, generation, action)
                 elif kind == "stop":
+                    return
+                if self._stop_requested:
                     return
                 if self._escalation is not None:
                     raise self._escalation
@@ -381,12 +411,14 @@ class Supervisor(TrioActor):
         slot.generation += 1
         gen = slot.generation
         slot.status = _Status.STARTING
+        slot.run_since = None
         slot.stop_requested = False
         slot.start_error = None
         slot.ready = trio.Event()
         slot.done = trio.Event()
         if slot.actor is not None or slot.ref is not None:
             slot.handled_before = slot.handled()
+            slot.dropped_before = slot.dropped()
         slot.actor = None
         slot.ref = None
         ctx = ActorContext(spec.role, gen, self, self.env)
@@ -402,7 +434,11 @@ class Supervisor(TrioActor):
             slot.actor = made
             made.ctx = ctx
             made._open_mailbox()
-            slot.cancel_scope = trio.CancelScope()
+            # Shielded: cancelling the supervisor (its parent stopping it, or the
+            # root being cancelled) must not cancel every child at once; run()'s
+            # and on_start()'s cleanup then stops them one by one in reverse
+            # order, each within its shutdown bound, through this scope.
+            slot.cancel_scope = trio.CancelScope(shield=True)
             self.nursery.start_soon(self._run_trio_child, slot, made, gen, slot.cancel_scope, slot.done)
         elif isinstance(made, pykka.ActorRef):
             slot.ref = made
@@ -426,6 +462,7 @@ class Supervisor(TrioActor):
             return  # the exit report is already queued
         slot.status = _Status.RUNNING
         slot.started_at = trio.current_time()
+        slot.run_since = slot.started_at
         slot.wall_started = time.time()
         # Flush what arrived while the slot had no running child, in order.
         while slot.buffer and slot.status is _Status.RUNNING:
@@ -449,26 +486,32 @@ class Supervisor(TrioActor):
     ) -> None:
         error: BaseException | None = None
         ctx = actor.ctx
-        with scope:
-            try:
-                async with trio.open_nursery() as nursery:
-                    actor.nursery = nursery
-                    await actor.on_start()
-                    ctx.report_ready()
-                    await actor.run()
-                    nursery.cancel_scope.cancel()
-            except* Exception as group:  # reported to the supervisor; Cancelled passes
-                error = _unwrap(group)
-            finally:
-                with trio.CancelScope(shield=True):
-                    with trio.move_on_after(slot.spec.shutdown):
-                        try:
-                            await actor.on_stop()
-                        except Exception as exc:  # noqa: BLE001
-                            if error is None:
-                                error = exc
-        ctx.report_exit(error)
-        done.set()
+        try:
+            with scope:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        actor.nursery = nursery
+                        await actor.on_start()
+                        ctx.report_ready()
+                        await actor.run()
+                        nursery.cancel_scope.cancel()
+                except* Exception as group:  # reported to the supervisor; Cancelled passes
+                    error = _unwrap(group)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        with trio.move_on_after(slot.spec.shutdown):
+                            try:
+                                await actor.on_stop()
+                            except Exception as exc:  # noqa: BLE001
+                                if error is None:
+                                    error = exc
+        finally:
+            # Also when Cancelled passes ``scope`` (the supervisor itself is being
+            # cancelled, so an enclosing scope claims it): the supervisor's
+            # _stop_incarnation is waiting for this report and must not wait out
+            # the whole shutdown bound for a child that has already stopped.
+            ctx.report_exit(error)
+            done.set()
 
     async def _handle_exit(self, role: str, generation: int, error: BaseException | None) -> None:
         slot = self._slots.get(role)
@@ -497,7 +540,9 @@ class Supervisor(TrioActor):
             )
             self.exit_error = self._escalation
             return
-        uptime = now - slot.started_at if slot.started_at else 0.0
+        # How long the incarnation that just exited ran; 0 when it failed to start
+        # (an earlier incarnation's long run must not reset the failure count).
+        uptime = now - slot.run_since if slot.run_since is not None else 0.0
         if slot.probing:
             # Half-open probe failed: back to the fallback at once.
             slot.probing = False
@@ -575,6 +620,9 @@ class Supervisor(TrioActor):
             for r in self._group_for(role):
                 if self._slots[r].status in (_Status.BACKOFF, _Status.STOPPED):
                     await self._start_slot(self._slots[r])
+        elif action == "probe" and slot.fallback_active and slot.status is not _Status.RUNNING:
+            # The fallback itself is restarting: probe once it has had another interval.
+            self._schedule(slot, slot.spec.probe_interval, "probe")
         elif action == "probe" and slot.fallback_active and slot.status is _Status.RUNNING:
             slot.probes += 1
             await self._stop_incarnation(slot)
@@ -608,8 +656,10 @@ class Supervisor(TrioActor):
                 self.abandoned = getattr(self, "abandoned", 0) + 1
                 log.error("child did not stop in time", extra={"supervisor": self.name, "role": slot.spec.role})
         slot.handled_before = slot.handled()
+        slot.dropped_before = slot.dropped()
         slot.actor = None
         slot.ref = None
+        slot.ctx = None  # its count is in handled_before now
         slot.status = _Status.STOPPED
 
     async def _stop_all(self) -> None:
@@ -652,6 +702,7 @@ class Supervisor(TrioActor):
             "mailbox_depth": slot.depth(),
             "handled": slot.handled(),
             "overflow": slot.overflow,
+            "dropped": slot.dropped(),
             "last_error": slot.last_error,
             "uptime_s": round(now - slot.started_at, 3) if slot.status is _Status.RUNNING else 0.0,
             "children": [],
