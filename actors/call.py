@@ -135,4 +135,5 @@ def build_call_tree(
         period=sup_cfg.call_period_s,
         auto_shutdown="any_significant",
         env=env,
+        on_event=metrics.supervision_event if metrics is not None else None,
     )

@@ -58,6 +58,12 @@ class Metrics:
         self.restarts = Counter(
             "callengine_restarts_total", "Actor restarts by role", ["role"], registry=r
         )
+        self.supervision = Counter(
+            "callengine_supervision_events_total",
+            "Supervision events by role: restart, fallback, probe, restored",
+            ["role", "event"],
+            registry=r,
+        )
         self.whatsapp = Counter(
             "callengine_whatsapp_messages_total", "WhatsApp messages", ["direction", "channel"], registry=r
         )
@@ -73,6 +79,11 @@ class Metrics:
     def count(self, event: str, n: int = 1) -> None:
         self.events.labels(event).inc(n)
 
+    def supervision_event(self, role: str, what: str) -> None:
+        if what == "restart":
+            self.restarts.labels(role).inc()
+        self.supervision.labels(role, what).inc()
+
     def speculative(self, outcome: str) -> None:
         self.speculation.labels(outcome).inc()
 
@@ -85,6 +96,3 @@ class Metrics:
             return generate_latest(reg), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
-
-def _noop(*_: Any, **__: Any) -> None:
-    return None

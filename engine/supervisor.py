@@ -206,6 +206,7 @@ class Supervisor(TrioActor):
         env: Mapping[str, Any] | None = None,
         rng: random.Random | None = None,
         on_exit: Callable[["Supervisor", BaseException | None], None] | None = None,
+        on_event: Callable[[str, str], None] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -226,6 +227,9 @@ class Supervisor(TrioActor):
         self._started = trio.Event()
         self._stop_requested = False
         self._on_exit = on_exit
+        # on_event(role, what): "restart" | "fallback" | "probe" | "restored" |
+        # "escalated", for metrics. Called on the trio thread; must be cheap.
+        self._on_event = on_event
         self.total_restarts = 0
         self.exit_error: BaseException | None = None
 
@@ -548,6 +552,7 @@ class Supervisor(TrioActor):
             slot.probing = False
             slot.fallback_active = True
             slot.restarts += 1
+            self._event(role, "fallback")
             await self._restart_group(slot, delay=0.0)
             self._schedule(slot, spec.probe_interval, "probe")
             return
@@ -555,15 +560,24 @@ class Supervisor(TrioActor):
             slot.failures = 0
         slot.failures += 1
         slot.restarts += 1
+        self._event(role, "restart")
         if spec.fallback is not None and not slot.fallback_active and slot.failures > spec.max_retries:
             slot.fallback_active = True
             slot.fallbacks += 1
+            self._event(role, "fallback")
             slot.failures = 0
             log.warning("switching to fallback", extra={"supervisor": self.name, "role": role})
             await self._restart_group(slot, delay=0.0)
             self._schedule(slot, spec.probe_interval, "probe")
             return
         await self._restart_group(slot, delay=spec.backoff.delay(slot.failures, self._rng))
+
+    def _event(self, role: str, what: str) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(role, what)
+            except Exception:  # noqa: BLE001 - metrics must never break supervision
+                log.debug("on_event hook failed", exc_info=True)
 
     def _note_restart(self, now: float) -> bool:
         self.total_restarts += 1
@@ -625,6 +639,7 @@ class Supervisor(TrioActor):
             self._schedule(slot, slot.spec.probe_interval, "probe")
         elif action == "probe" and slot.fallback_active and slot.status is _Status.RUNNING:
             slot.probes += 1
+            self._event(role, "probe")
             await self._stop_incarnation(slot)
             slot.fallback_active = False
             slot.probing = True
@@ -635,6 +650,7 @@ class Supervisor(TrioActor):
             if slot.status is _Status.RUNNING:
                 slot.probing = False
                 slot.failures = 0
+                self._event(role, "restored")
                 log.warning("primary restored", extra={"supervisor": self.name, "role": role})
 
     async def _stop_incarnation(self, slot: _Slot) -> None:

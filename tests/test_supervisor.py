@@ -1031,3 +1031,38 @@ async def test_bad_factories_are_child_failures_not_crashes(autojump_clock: Any)
         assert snap["status"] == "running" and snap["restarts"] == 2
         assert "TypeError: factory for w returned str" == snap["last_error"]
         sup.request_stop()
+
+
+async def test_on_event_reports_restarts_fallback_probe_and_restore(autojump_clock: trio.testing.MockClock) -> None:
+    """The metrics hook sees exactly what the supervisor did, in order."""
+    from engine.actor import TrioActor
+    from engine.supervisor import Backoff, ChildSpec, Supervisor, run_root
+
+    healthy = {"primary": False}
+
+    class Primary(TrioActor):
+        async def on_start(self) -> None:
+            if not healthy["primary"]:
+                raise RuntimeError("down")
+
+    class Fallback(TrioActor):
+        pass
+
+    events: list[tuple[str, str]] = []
+    sup = Supervisor(
+        "t",
+        [ChildSpec("stt", lambda ctx: Primary(), fallback=lambda ctx: Fallback(), max_retries=3,
+                   backoff=Backoff(0.2, 5.0, 0.0), probe_interval=30.0, probe_hold=5.0)],
+        intensity=10,
+        period=30.0,
+        on_event=lambda role, what: events.append((role, what)),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_root, sup)
+        await trio.sleep(5)
+        assert events == [("stt", "restart")] * 4 + [("stt", "fallback")]
+        healthy["primary"] = True
+        await trio.sleep(40)
+        assert events[-2:] == [("stt", "probe"), ("stt", "restored")]
+        assert sup.snapshot()["children"][0]["fallback"] is False
+        sup.request_stop()
