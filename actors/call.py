@@ -51,8 +51,12 @@ def build_call_tree(
     stream: "TwilioStream",
     raw_in: trio.MemoryReceiveChannel[tuple[Any, float]],
     raw_out: trio.MemorySendChannel[str],
+    first_vad: Any = None,
 ) -> Supervisor:
+    """``first_vad``: a detector made off the trio thread for the first decoder
+    (loading a silero session blocks 50-120 ms when the process pool is empty)."""
     s = runtime.settings
+    vads = [first_vad] if first_vad is not None else []
     business = runtime.businesses[info.business_id]
     history = AudioHistory()
     conversation = runtime.planner.open_conversation(business, channel="call")
@@ -96,7 +100,7 @@ def build_call_tree(
         ),
         ChildSpec(
             "decoder",
-            lambda ctx: Decoder(runtime.new_vad(), history, batch_ms=s.turn.stt_batch_ms),
+            lambda ctx: Decoder(vads.pop() if vads else runtime.new_vad(), history, batch_ms=s.turn.stt_batch_ms),
         ),
         ChildSpec(
             "planner",

@@ -310,6 +310,7 @@ class Planner(TrioActor):
             if tr.is_final and self._current is not None and not self._current.recorded:
                 if normalize(tr.text) != normalize(self._current.user_text):
                     self._current.stamps["_final_text_differs"] = 1.0
+                return
             elif tr.is_final and tr.text.strip():
                 # Speech the VAD missed entirely: open and close a turn on it.
                 self._turn = turn = _CallerTurn(speech_start=tr.t, speech_end=tr.t)

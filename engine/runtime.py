@@ -137,6 +137,15 @@ class Runtime:
             sample_rate=8000, threshold=v.threshold, min_speech_ms=v.min_speech_ms, hangover_ms=v.hangover_ms
         )
 
+    async def acquire_vad(self) -> Any:
+        """A detector for a new call without blocking trio: from the warm pool
+        at once, else loaded on a worker thread."""
+        from engine.providers.vad import MODEL_POOL
+
+        if MODEL_POOL.idle(8000):
+            return self.new_vad()
+        return await trio.to_thread.run_sync(self.new_vad, limiter=self._store_limiter)
+
     def start_tts_actor(self, ctx: ActorContext, voice: str) -> Any:
         from actors.tts import TtsActor
 
@@ -172,7 +181,8 @@ class Runtime:
         from actors.call import build_call_tree
 
         assert self.calls is not None
-        tree = build_call_tree(self, info, stream, raw_in, raw_out)
+        vad = await self.acquire_vad()
+        tree = build_call_tree(self, info, stream, raw_in, raw_out, first_vad=vad)
         live = LiveCall(info=info, tree=tree)
 
         def on_exit(sup: Supervisor, error: BaseException | None) -> None:
