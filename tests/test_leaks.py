@@ -144,12 +144,13 @@ async def test_thousand_call_trees_leave_nothing_behind() -> None:
 
     # pykka threads end just after reporting their exit: allow them a moment.
     deadline = time.monotonic() + 2
-    while (threading.active_count() != base_threads or proc.num_threads() != base_os_threads) and (
+    while (threading.active_count() != base_threads or proc.num_threads() > base_os_threads) and (
         time.monotonic() < deadline
     ):
         time.sleep(0.01)
     assert threading.active_count() == base_threads, threading.enumerate()
-    assert proc.num_threads() == base_os_threads
+    # OS threads: none left over (earlier tests' idle worker threads may have exited meanwhile).
+    assert proc.num_threads() <= base_os_threads
     assert pykka.ActorRegistry.get_all() == []
     growth = rss() - rss_200
     assert growth < RSS_BOUND, f"RSS grew {growth / 1e6:.1f} MB from tree 200 to tree {TREES}"
