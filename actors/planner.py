@@ -307,9 +307,25 @@ class Planner(TrioActor):
         if turn is None:
             # A transcript for speech whose turn already ended (e.g. a final that
             # arrived after an early finalize): keep the record accurate.
-            if tr.is_final and self._current is not None and not self._current.recorded:
-                if normalize(tr.text) != normalize(self._current.user_text):
-                    self._current.stamps["_final_text_differs"] = 1.0
+            cur = self._current
+            if tr.is_final and cur is not None and not cur.recorded:
+                if tr.text.strip() and normalize(tr.text) != normalize(cur.user_text):
+                    if not cur.heard_start:
+                        # The early-finalized partial was wrong and nothing was heard
+                        # yet: answer what the caller really said instead.
+                        cur.token.cancel("final differs")
+                        cur.cancelled = True
+                        self._replies.pop(cur.turn_id, None)
+                        self._current = None
+                        redo = _CallerTurn(speech_start=cur.stamps.get("_speech_start_abs", tr.t))
+                        redo.speech_end = redo.speech_start
+                        redo.finals = [tr.text.strip()]
+                        redo.last_final = tr.t
+                        redo.dtmf = cur.dtmf
+                        self._turn = redo
+                        self._end_turn(redo.text(False), now)
+                    else:
+                        cur.user_text = tr.text.strip()  # the record keeps what was said
                 return
             elif tr.is_final and tr.text.strip():
                 # Speech the VAD missed entirely: open and close a turn on it.
@@ -321,7 +337,8 @@ class Planner(TrioActor):
                 turn.finals.append(tr.text.strip())
             turn.partial = ""
             turn.last_final = tr.t
-            self._cancel_spec()
+            # A running speculation is kept or discarded at the turn's end, by
+            # comparing it with the whole transcript.
         else:
             if turn.first_partial is None:
                 turn.first_partial = tr.t
@@ -464,7 +481,7 @@ class Planner(TrioActor):
                         first = False
                         sink.emit("planner", ReplyStamp(turn_id=reply.turn_id, name="llm_first_token", t=time.monotonic()))
                     piece = ev.text
-                    if full and piece and not piece[0].isspace() and full[-1].rstrip()[-1:] in _PUNCT:
+                    if full and piece and not piece[0].isspace() and full[-1][-1:] in _PUNCT:
                         piece = " " + piece  # planners that yield whole sentences omit the space
                     full.append(piece)
                     pending += piece

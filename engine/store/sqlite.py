@@ -126,8 +126,11 @@ class Sql:
         INSERT INTO calls (call_sid, ended_at, end_reason, summary)
         VALUES ($1, $2, $3, $4)
         ON CONFLICT (call_sid) DO UPDATE SET
-            ended_at = excluded.ended_at, end_reason = excluded.end_reason, summary = excluded.summary
-        WHERE calls.ended_at IS NULL"""
+            ended_at = COALESCE(calls.ended_at, excluded.ended_at),
+            end_reason = CASE WHEN calls.ended_at IS NULL THEN excluded.end_reason ELSE calls.end_reason END,
+            summary = CASE WHEN excluded.summary <> '' THEN excluded.summary ELSE calls.summary END
+        WHERE calls.ended_at IS NULL
+           OR (excluded.summary <> '' AND COALESCE(calls.summary, '') <> excluded.summary)"""
     TURN = """
         INSERT INTO turns (call_sid, turn_index, transcript, reply, interrupted, stamps, dtmf)
         VALUES ($1, $2, $3, $4, $5, $6, $7)

@@ -12,9 +12,12 @@ How it "recognizes" (deterministic, no model):
   at the first speech window and ends after ``end_silence_ms`` (300 ms) of silence;
   utterances with less than ``min_speech_ms`` of speech are ignored as clicks.
 * Every utterance of a *call* is assigned a scripted text: the k-th distinct utterance gets
-  ``script[k % len(script)]`` (``"utterance k"`` with an empty script). A call is keyed by
-  a phrase hint of the form ``call-id:XYZ`` (all streams without one share the key
-  ``"default"``), so the counter runs across streams.
+  ``script[k % len(script)]`` (``"utterance k"`` with an empty script). A script entry may
+  also be a pair ``(interim, final)``: the interim results then show the words of
+  ``interim`` while the final says ``final`` (a recognizer changing its mind at the end).
+  A call is keyed by a phrase hint of the form ``call-id:XYZ`` (all streams without one
+  share the key ``"default"``), so the counter runs across streams; :meth:`SpeechPeer.reset`
+  forgets every call (and may install a new script), for a client that sends no such hint.
 * Utterances are identified by an audio fingerprint: 40 ms of samples taken 40-80 ms into
   the utterance, searched byte-exactly in the audio of the call's earlier utterances. Audio
   replayed into a new stream (what a client does when it rotates its stream and resends the
@@ -151,7 +154,7 @@ class SpeechPeer:
 
     def __init__(
         self,
-        script: Sequence[str] = (),
+        script: Sequence[str | tuple[str, str]] = (),
         *,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -230,6 +233,17 @@ class SpeechPeer:
         with self.lock:
             self.faults = SpeechFaults()
 
+    def reset(self, script: Sequence[str | tuple[str, str]] | None = None) -> None:
+        """Forget every call's utterances (the next utterance is index 0 again), clear the
+        faults, and install ``script`` when given. Records (:attr:`streams`) are kept.
+        Thread-safe; streams still open go on with the new state."""
+        with self.lock:
+            self._calls.clear()
+            self._next_index.clear()
+            self.faults = SpeechFaults()
+            if script is not None:
+                self.script = list(script)
+
     @property
     def stream_count(self) -> int:
         with self.lock:
@@ -306,7 +320,19 @@ class SpeechPeer:
                     stored[:] = pcm
 
     def text_for(self, index: int) -> str:
-        return self.script[index % len(self.script)] if self.script else f"utterance {index}"
+        """The final transcript of utterance ``index``."""
+        entry = self._entry(index)
+        return entry[1] if isinstance(entry, tuple) else entry
+
+    def interim_text_for(self, index: int) -> str:
+        """The text whose words the interim results of utterance ``index`` show."""
+        entry = self._entry(index)
+        return entry[0] if isinstance(entry, tuple) else entry
+
+    def _entry(self, index: int) -> str | tuple[str, str]:
+        with self.lock:
+            script = self.script
+            return script[index % len(script)] if script else f"utterance {index}"
 
 
 class _StreamRun:
@@ -450,7 +476,7 @@ class _StreamRun:
             due = utt.speech_ms // peer.interim_every_ms
             if utt.index is not None and due > utt.interims_sent and self.rec.config and self.rec.config.interim_results:
                 utt.interims_sent = due
-                words = peer.text_for(utt.index).split()
+                words = peer.interim_text_for(utt.index).split()
                 shown = " ".join(words[: max(1, min(due, len(words)))])
                 with peer.lock:
                     self.rec.interims += 1
