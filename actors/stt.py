@@ -58,6 +58,7 @@ class SttActor(PykkaActor):
         self._in_utterance = False
         self._preroll: deque[bytes] = deque(maxlen=PREROLL_CHUNKS)
         self._last_ue_seq = 0
+        self._trimmed_upto = 0
         self._final_pending_trim = False
         self._streaming = bool(getattr(provider, "streaming", False))
 
@@ -106,6 +107,7 @@ class SttActor(PykkaActor):
             session.end_utterance()
             if self._final_pending_trim:
                 self._final_pending_trim = False
+                self._trimmed_upto = item.seq
                 self._history.trim_through(item.seq)
             return
         if self._streaming:
@@ -119,9 +121,14 @@ class SttActor(PykkaActor):
     def _on_transcript(self, tr: Transcript) -> None:
         # Any thread (a gRPC reader or this actor's own thread).
         if tr.is_final:
-            if self._last_ue_seq and not self._in_utterance:
+            if self._last_ue_seq > self._trimmed_upto:
+                # The final covers the utterance that ended last, even when the
+                # caller has already started the next one: keep only what follows.
+                self._trimmed_upto = self._last_ue_seq
                 self._history.trim_through(self._last_ue_seq)
             else:
+                # A final inside a long utterance (no boundary since the last
+                # trim): trim when that utterance ends.
                 self._final_pending_trim = True
         if not tr.t:
             tr = Transcript(tr.text, tr.is_final, time.monotonic(), tr.stability, tr.confidence, tr.utterance)
