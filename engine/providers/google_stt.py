@@ -56,6 +56,7 @@ from google.cloud.speech_v1.services.speech.transports import SpeechGrpcTranspor
 
 from engine.messages import Transcript
 from engine.providers.base import ProviderError
+from engine.providers.google_client import build_client
 
 __all__ = ["GoogleStt", "GoogleSttSession", "SttStats"]
 
@@ -123,14 +124,11 @@ class GoogleStt:
         self.max_replay_s = max_replay_s
         self.close_timeout_s = close_timeout_s
         self.clock = clock
-        self._channel: grpc.Channel | None = None
-        if endpoint and insecure:
-            self._channel = grpc.insecure_channel(endpoint)
-            self._client = speech_v1.SpeechClient(transport=SpeechGrpcTransport(channel=self._channel))
-        else:
-            api_endpoint = endpoint or (f"{region}-speech.googleapis.com" if region else None)
-            options = {"api_endpoint": api_endpoint} if api_endpoint else None
-            self._client = speech_v1.SpeechClient(credentials=credentials, client_options=options)  # type: ignore[arg-type]
+        self._channel: grpc.Channel | None
+        self._client, self._channel = build_client(
+            speech_v1.SpeechClient, SpeechGrpcTransport, "speech",
+            endpoint=endpoint, insecure=insecure, region=region, credentials=credentials,
+        )
         self._lock = threading.Lock()
         self._working_model: dict[str, str] = {}  # language -> model that the service accepted
         self._streams_opened = 0

@@ -30,6 +30,7 @@ from engine.audio import strip_wav_header
 from engine.business import short_lang
 from engine.messages import CancelToken
 from engine.providers.base import ProviderError
+from engine.providers.google_client import build_client
 
 __all__ = ["GoogleTts", "DEFAULT_VOICES"]
 
@@ -72,14 +73,11 @@ class GoogleTts:
         self.timeout_s = timeout_s
         self.poll_s = poll_s
         self.speaking_rate = speaking_rate
-        self._channel: grpc.Channel | None = None
-        if endpoint and insecure:
-            self._channel = grpc.insecure_channel(endpoint)
-            self._client = tts.TextToSpeechClient(transport=TextToSpeechGrpcTransport(channel=self._channel))
-        else:
-            api_endpoint = endpoint or (f"{region}-texttospeech.googleapis.com" if region else None)
-            options = {"api_endpoint": api_endpoint} if api_endpoint else None
-            self._client = tts.TextToSpeechClient(credentials=credentials, client_options=options)  # type: ignore[arg-type]
+        self._channel: grpc.Channel | None
+        self._client, self._channel = build_client(
+            tts.TextToSpeechClient, TextToSpeechGrpcTransport, "texttospeech",
+            endpoint=endpoint, insecure=insecure, region=region, credentials=credentials,
+        )
 
     def voice_for(self, language: str, voice: str = "") -> tuple[str, str]:
         """(language_code, voice name) for a request. ``iw-IL`` becomes ``he-IL`` (TTS codes)."""
