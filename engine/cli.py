@@ -185,10 +185,8 @@ def _print_transcript(admin_url: str, call_sid: str) -> None:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> None:
-    try:
-        from bench.loadtest import main as loadtest_main
-    except ImportError:
-        from engine.loadtest import main as loadtest_main  # type: ignore[no-redef]
+    from bench.loadtest import main as loadtest_main
+
     raise SystemExit(loadtest_main(args))
 
 

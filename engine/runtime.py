@@ -62,7 +62,7 @@ class Runtime:
         self.tts = make_tts(settings.tts, settings)
         self.planner = make_planner(settings.llm, settings)
         self.llm_limiter = trio.CapacityLimiter(max(8, settings.max_calls * 2))
-        self._store_limiter = trio.CapacityLimiter(8)
+        self._blocking_limiter = trio.CapacityLimiter(8)  # store reads, model loads
         self._greetings: dict[str, bytes] = {}
         self._apologies: dict[str, bytes] = {}
         self.live: dict[str, LiveCall] = {}
@@ -144,7 +144,7 @@ class Runtime:
 
         if MODEL_POOL.idle(8000):
             return self.new_vad()
-        return await trio.to_thread.run_sync(self.new_vad, limiter=self._store_limiter)
+        return await trio.to_thread.run_sync(self.new_vad, limiter=self._blocking_limiter)
 
     def start_tts_actor(self, ctx: ActorContext, voice: str) -> Any:
         from actors.tts import TtsActor
@@ -162,7 +162,7 @@ class Runtime:
         call_soon_in_trio(token, root.tell_role, "recorder", msg)
 
     async def read_store(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._store_limiter)
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._blocking_limiter)
 
     # ---- calls ----------------------------------------------------------------------
 
