@@ -58,7 +58,6 @@ import logging
 import queue
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -73,6 +72,7 @@ from google.cloud.speech_v1 import (
 )
 
 from engine.audio import ulaw_decode
+from tests.peers.grpc_peer import GrpcPeer
 
 __all__ = [
     "SpeechPeer",
@@ -145,12 +145,14 @@ class _Utterance:
     interims_sent: int = 0
 
 
-class SpeechPeer:
+class SpeechPeer(GrpcPeer):
     """The peer server. ``with SpeechPeer(script=[...]) as peer: peer.address``.
 
     ``script``: the texts given to the call's utterances in order. ``port=0`` picks a free
     loopback port (see :attr:`port` after :meth:`start`).
     """
+
+    SERVICE = SERVICE
 
     def __init__(
         self,
@@ -173,7 +175,7 @@ class SpeechPeer:
         self.min_speech_ms = min_speech_ms
         self.interim_every_ms = interim_every_ms
         self.final_delay_s = final_delay_s
-        self._max_workers = max_workers
+        self.max_workers = max_workers
         self.lock = threading.RLock()
         self.faults = SpeechFaults()
         self.streams: list[RecordedStream] = []
@@ -184,40 +186,14 @@ class SpeechPeer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "SpeechPeer":
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="speech-peer")
-        )
-        handler = grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "StreamingRecognize": grpc.stream_stream_rpc_method_handler(
-                    self._streaming_recognize,
-                    request_deserializer=StreamingRecognizeRequest.deserialize,
-                    response_serializer=StreamingRecognizeResponse.serialize,
-                )
-            },
-        )
-        server.add_generic_rpc_handlers((handler,))
-        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
-        server.start()
-        self._server = server
-        return self
-
-    def stop(self, grace: float = 0.2) -> None:
-        if self._server is not None:
-            self._server.stop(grace).wait(5)
-            self._server = None
-
-    def __enter__(self) -> "SpeechPeer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+    def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        return {
+            "StreamingRecognize": grpc.stream_stream_rpc_method_handler(
+                self._streaming_recognize,
+                request_deserializer=StreamingRecognizeRequest.deserialize,
+                response_serializer=StreamingRecognizeResponse.serialize,
+            )
+        }
 
     # ------------------------------------------------------------------ control & records
 

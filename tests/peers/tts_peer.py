@@ -26,7 +26,6 @@ import struct
 import threading
 import time
 import zlib
-from concurrent import futures
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -43,6 +42,7 @@ from google.cloud.texttospeech_v1 import (
 )
 
 from engine.audio import ulaw_encode
+from tests.peers.grpc_peer import GrpcPeer
 
 __all__ = ["TtsPeer", "RecordedSynthesis", "wav_wrap", "VOICES"]
 
@@ -80,8 +80,10 @@ def wav_wrap(payload: bytes, *, rate: int, fmt: int, bits: int) -> bytes:
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
-class TtsPeer:
+class TtsPeer(GrpcPeer):
     """``with TtsPeer() as peer: peer.address``."""
+
+    SERVICE = SERVICE
 
     def __init__(
         self, *, host: str = "127.0.0.1", port: int = 0, wrap_wav: bool = True, ms_per_char: int = 60
@@ -97,43 +99,19 @@ class TtsPeer:
         self.requests: list[RecordedSynthesis] = []
         self._server: grpc.Server | None = None
 
-    def start(self) -> "TtsPeer":
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="tts-peer"))
-        handler = grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "SynthesizeSpeech": grpc.unary_unary_rpc_method_handler(
-                    self._synthesize,
-                    request_deserializer=SynthesizeSpeechRequest.deserialize,
-                    response_serializer=SynthesizeSpeechResponse.serialize,
-                ),
-                "ListVoices": grpc.unary_unary_rpc_method_handler(
-                    self._list_voices,
-                    request_deserializer=ListVoicesRequest.deserialize,
-                    response_serializer=ListVoicesResponse.serialize,
-                ),
-            },
-        )
-        server.add_generic_rpc_handlers((handler,))
-        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
-        server.start()
-        self._server = server
-        return self
-
-    def stop(self, grace: float = 0.2) -> None:
-        if self._server is not None:
-            self._server.stop(grace).wait(5)
-            self._server = None
-
-    def __enter__(self) -> "TtsPeer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+    def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        return {
+            "SynthesizeSpeech": grpc.unary_unary_rpc_method_handler(
+                self._synthesize,
+                request_deserializer=SynthesizeSpeechRequest.deserialize,
+                response_serializer=SynthesizeSpeechResponse.serialize,
+            ),
+            "ListVoices": grpc.unary_unary_rpc_method_handler(
+                self._list_voices,
+                request_deserializer=ListVoicesRequest.deserialize,
+                response_serializer=ListVoicesResponse.serialize,
+            ),
+        }
 
     def set_faults(self, *, delay_s: float | None = None, fail_next: int | None = None,
                    fail_code: grpc.StatusCode | None = None, wrap_wav: bool | None = None) -> None:
