@@ -21,7 +21,6 @@ closes, the handler closes the transport's input and the tree ends.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import time
@@ -33,6 +32,7 @@ from quart import Response, jsonify, request, websocket
 from quart_trio import QuartTrio
 
 from engine import hypercorn_fixes
+from engine.auth import admin_denied, admin_ok
 from engine.config import Settings, load_settings
 from engine.logs import setup_logging
 from engine.messages import CallInfo
@@ -93,19 +93,6 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     def public_host() -> str:
         return settings.public_host or request.headers.get("Host", "localhost")
 
-    def admin_ok(headers: Any) -> bool:
-        token = settings.secret("admin_token")
-        auth = headers.get("Authorization", "")
-        if not token or not auth.startswith("Bearer "):
-            return False
-        return hmac.compare_digest(auth[7:].strip().encode(), token.encode())
-
-    def unauthorized() -> Response:
-        resp = jsonify({"error": "unauthorized: send Authorization: Bearer $CALLENGINE_ADMIN_TOKEN"})
-        resp.status_code = 401
-        resp.headers["WWW-Authenticate"] = 'Bearer realm="callengine"'
-        return resp
-
     async def webhook_signature_ok(endpoint: str) -> bool:
         token = settings.secret("twilio_auth_token")
         if not token:
@@ -156,8 +143,8 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.get("/admin/tree")
     async def admin_tree() -> Any:
-        if not admin_ok(request.headers):
-            return unauthorized()
+        if not admin_ok(settings, request.headers):
+            return admin_denied()
         runtime = rt()
         if runtime.root is None:
             return jsonify({"error": "not running"}), 503
@@ -165,8 +152,8 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.get("/admin/calls")
     async def admin_calls() -> Any:
-        if not admin_ok(request.headers):
-            return unauthorized()
+        if not admin_ok(settings, request.headers):
+            return admin_denied()
         runtime = rt()
         limit = min(int(request.args.get("limit", "100") or 100), 1000)
         rows = await runtime.read_store(runtime.store.list_calls, limit)
@@ -183,8 +170,8 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.get("/admin/calls/<call_sid>")
     async def admin_call(call_sid: str) -> Any:
-        if not admin_ok(request.headers):
-            return unauthorized()
+        if not admin_ok(settings, request.headers):
+            return admin_denied()
         runtime = rt()
         row = await runtime.read_store(runtime.store.get_call, call_sid)
         live = runtime.live.get(call_sid)
@@ -196,8 +183,8 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.get("/admin/calls/<call_sid>/tree")
     async def admin_call_tree(call_sid: str) -> Any:
-        if not admin_ok(request.headers):
-            return unauthorized()
+        if not admin_ok(settings, request.headers):
+            return admin_denied()
         live = rt().live.get(call_sid)
         if live is None:
             return jsonify({"error": f"no live call {call_sid}"}), 404
@@ -205,8 +192,8 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.get("/admin/leads")
     async def admin_leads() -> Any:
-        if not admin_ok(request.headers):
-            return unauthorized()
+        if not admin_ok(settings, request.headers):
+            return admin_denied()
         runtime = rt()
         return jsonify({"leads": await runtime.read_store(runtime.store.list_leads, 200)})
 

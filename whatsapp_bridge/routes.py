@@ -53,6 +53,7 @@ from urllib.parse import urlparse
 import trio
 from quart import Response, jsonify, request
 
+from engine.auth import admin_denied, admin_ok
 from engine.messages import ChatInbound, RecordChatMessage
 from engine.store import StoreUnavailable
 from whatsapp_bridge import baileys, cloud
@@ -270,18 +271,6 @@ def register_routes(app: Any, get_runtime: Callable[[], Any] | None = None) -> N
         resp.headers["Retry-After"] = "1"
         return resp
 
-    def admin_ok(settings: Any) -> bool:
-        token = settings.secret("admin_token")
-        auth = request.headers.get("Authorization", "")
-        if not token or not auth.startswith("Bearer "):
-            return False
-        return hmac.compare_digest(auth[7:].strip().encode(), token.encode())
-
-    def admin_denied() -> Response:
-        resp = _error(401, "unauthorized: send Authorization: Bearer $CALLENGINE_ADMIN_TOKEN")
-        resp.headers["WWW-Authenticate"] = 'Bearer realm="callengine"'
-        return resp
-
     def sidecar_auth(svc: WhatsAppService) -> Response | None:
         secret = svc.settings.secret("sidecar_secret")
         if not secret:
@@ -440,7 +429,7 @@ def register_routes(app: Any, get_runtime: Callable[[], Any] | None = None) -> N
         runtime = runtime_or_none()
         if runtime is None:
             return unavailable()
-        if not admin_ok(runtime.settings):
+        if not admin_ok(runtime.settings, request.headers):
             return admin_denied()
         svc = service()
         if svc is None or svc.qr is None:
@@ -452,7 +441,7 @@ def register_routes(app: Any, get_runtime: Callable[[], Any] | None = None) -> N
         runtime = runtime_or_none()
         if runtime is None:
             return unavailable()
-        if not admin_ok(runtime.settings):
+        if not admin_ok(runtime.settings, request.headers):
             return admin_denied()
         svc = service()
         router = svc.router if svc is not None else None
