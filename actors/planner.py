@@ -181,7 +181,8 @@ class Planner(TrioActor):
         self._streaming_stt = streaming_stt
         self._call_stamps = call_stamps  # shared with the tree; survives restarts
         self._metrics = metrics
-        self._turn: _CallerTurn | None = None
+        self._turn_opened = trio.Event()  # wakes the ticker; it sleeps while no turn is open
+        self._turn = None
         self._user_speaking = False
         self._replies: dict[int, _Reply] = {}
         self._current: _Reply | None = None
@@ -191,6 +192,16 @@ class Planner(TrioActor):
         self._pending_dtmf = ""
         self.speculative_kept = 0
         self.speculative_discarded = 0
+
+    @property
+    def _turn(self) -> _CallerTurn | None:
+        return self._open_turn
+
+    @_turn.setter
+    def _turn(self, turn: _CallerTurn | None) -> None:
+        self._open_turn = turn
+        if turn is not None:
+            self._turn_opened.set()
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -382,6 +393,11 @@ class Planner(TrioActor):
     async def _ticker(self) -> None:
         """Time-based decisions: stability windows, final timeouts, speculation."""
         while True:
+            if self._turn is None:
+                # No caller turn open (the agent is talking or the line is quiet):
+                # no timer to keep, so no wake-ups 20 times a second per call.
+                self._turn_opened = trio.Event()
+                await self._turn_opened.wait()
             await trio.sleep(0.05)
             now = time.monotonic()
             turn = self._turn
