@@ -231,6 +231,9 @@ class Supervisor(TrioActor):
         # "escalated", for metrics. Called on the trio thread; must be cheap.
         self._on_event = on_event
         self.total_restarts = 0
+        self.unknown_role_drops = 0  # messages for a role this supervisor does not have
+        self.abandoned = 0  # children that did not stop within their shutdown bound
+        self._significant_exited = 0
         self.exit_error: BaseException | None = None
 
     # ------------------------------------------------------------------ public API
@@ -244,7 +247,7 @@ class Supervisor(TrioActor):
         """
         slot = self._slots.get(role)
         if slot is None:
-            self.unknown_role_drops = getattr(self, "unknown_role_drops", 0) + 1
+            self.unknown_role_drops += 1
             return
         if slot.status is _Status.RUNNING:
             if slot.actor is not None:
@@ -316,6 +319,8 @@ class Supervisor(TrioActor):
             "status": "running" if not self._finished.is_set() else "stopped",
             "strategy": self.strategy.value,
             "restarts": self.total_restarts,
+            "abandoned": self.abandoned,
+            "unknown_role_drops": self.unknown_role_drops,
             "fallback": False,
             "mailbox_depth": 0,
             "handled": 0,
@@ -533,7 +538,7 @@ class Supervisor(TrioActor):
         # Decide whether to restart.
         if spec.restart is Restart.TEMPORARY or (spec.restart is Restart.TRANSIENT and error is None):
             if spec.significant and error is None:
-                self._significant_exited = getattr(self, "_significant_exited", 0) + 1
+                self._significant_exited += 1
             if spec.restart is Restart.TEMPORARY and not spec.significant:
                 self._remove_slot(role)  # dynamic children leave no trace
             return
@@ -669,7 +674,7 @@ class Supervisor(TrioActor):
             with trio.move_on_after(slot.spec.shutdown) as scope:
                 await slot.done.wait()
             if scope.cancelled_caught:
-                self.abandoned = getattr(self, "abandoned", 0) + 1
+                self.abandoned += 1
                 log.error("child did not stop in time", extra={"supervisor": self.name, "role": slot.spec.role})
         slot.handled_before = slot.handled()
         slot.dropped_before = slot.dropped()
@@ -687,7 +692,7 @@ class Supervisor(TrioActor):
                 slot.status = _Status.STOPPED
 
     def _auto_shutdown_due(self) -> bool:
-        exited = getattr(self, "_significant_exited", 0)
+        exited = self._significant_exited
         if not exited or self.auto_shutdown == "never":
             return False
         if self.auto_shutdown == "any_significant":
