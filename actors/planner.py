@@ -51,7 +51,6 @@ from engine.messages import (
     Speak,
     SpeechEnded,
     SpeechStarted,
-    StreamStopped,
     TextDelta,
     Transcript,
 )
@@ -247,8 +246,6 @@ class Planner(TrioActor):
             self._try_end_turn(now)
         elif isinstance(msg, ReplyStamp):
             self._on_stamp(msg)
-        elif isinstance(msg, TextDelta):
-            pass
         elif isinstance(msg, ReplyDone):
             self._on_reply_done(msg)
         elif isinstance(msg, LeadCaptured):
@@ -286,8 +283,6 @@ class Planner(TrioActor):
                 self._current.dtmf += msg.digit
             else:
                 self._pending_dtmf += msg.digit
-        elif isinstance(msg, StreamStopped):
-            pass
 
     # ---- turn-taking ------------------------------------------------------------------
 

@@ -35,7 +35,6 @@ from engine.messages import (
     OutboundClear,
     OutboundMark,
     OutboundMedia,
-    StreamStopped,
 )
 from transports import twilio as tw
 
@@ -99,14 +98,13 @@ class Transport(TrioActor):
                 elif isinstance(ev, tw.Dtmf):
                     send("planner", DtmfPressed(digit=ev.digit, t=t))
                 elif isinstance(ev, tw.Stop):
-                    self._ended("stop", t)
+                    self._ended("stop")
                     return
                 elif isinstance(ev, tw.ProtocolViolation):
                     if metrics is not None:
                         metrics.violation(ev.kind)
-        self._ended("socket closed", trio.current_time())
+        self._ended("socket closed")
 
-    def _ended(self, reason: str, t: float) -> None:
+    def _ended(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason
-        self.ctx.send("planner", StreamStopped(reason=reason, t=t))
-        self.stop_self()
+        self.stop_self()  # significant child: its normal exit ends the call tree

@@ -10,7 +10,7 @@ asked (``Speak``), never for who sends it, so a restarted or substituted actor
 
 Groups, in the order audio flows through a call::
 
-    transport -> decoder      CallerFrame, DtmfPressed, MarkEchoed, StreamStopped
+    transport -> decoder      CallerFrame, DtmfPressed, MarkEchoed
     decoder   -> stt          AudioChunk, UtteranceEnded
     decoder   -> planner/pacer SpeechStarted, SpeechEnded
     stt       -> planner      Transcript
@@ -33,7 +33,6 @@ __all__ = [
     "CallerFrame",
     "DtmfPressed",
     "MarkEchoed",
-    "StreamStopped",
     "AudioChunk",
     "UtteranceEnded",
     "SpeechStarted",
@@ -64,6 +63,8 @@ __all__ = [
     "ChatInbound",
     "ChatReply",
     "ChildExited",
+    "FlushJournal",
+    "EndCallAfter",
 ]
 
 
@@ -107,14 +108,6 @@ class MarkEchoed:
     """Twilio echoed a mark we sent: the caller has heard audio up to it."""
 
     name: str
-    t: float
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStopped:
-    """The caller hung up (Twilio ``stop``) or the socket closed."""
-
-    reason: str
     t: float
 
 
