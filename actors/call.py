@@ -29,8 +29,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import trio
-
 from actors.decoder import Decoder
 from actors.pacer import Pacer
 from actors.planner import Planner, TurnSettings
@@ -42,6 +40,7 @@ from engine.supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
+    from transports.asgi_ws import MediaSocket
     from transports.twilio import TwilioStream
 
 
@@ -49,14 +48,11 @@ def build_call_tree(
     runtime: "Runtime",
     info: CallInfo,
     stream: "TwilioStream",
-    raw_in: trio.MemoryReceiveChannel[tuple[Any, float]],
-    raw_out: trio.MemorySendChannel[str],
-    first_vad: Any = None,
+    sock: "MediaSocket",
 ) -> Supervisor:
-    """``first_vad``: a detector made off the trio thread for the first decoder
-    (loading a silero session blocks 50-120 ms when the process pool is empty)."""
+    """``sock``: the call's socket, owned by the host's handler; the transport
+    reads and writes it while the tree lives."""
     s = runtime.settings
-    vads = [first_vad] if first_vad is not None else []
     business = runtime.businesses[info.business_id]
     history = AudioHistory()
     conversation = runtime.planner.open_conversation(business, channel="call")
@@ -85,7 +81,7 @@ def build_call_tree(
     children = [
         ChildSpec(
             "transport",
-            lambda ctx: Transport(stream, raw_in, raw_out, metrics=metrics),
+            lambda ctx: Transport(stream, sock, metrics=metrics),
             restart=Restart.TRANSIENT,
             significant=True,
         ),
@@ -100,7 +96,7 @@ def build_call_tree(
         ),
         ChildSpec(
             "decoder",
-            lambda ctx: Decoder(vads.pop() if vads else runtime.new_vad(), history, batch_ms=s.turn.stt_batch_ms),
+            lambda ctx: Decoder(runtime.new_vad(), history, batch_ms=s.turn.stt_batch_ms),
         ),
         ChildSpec(
             "planner",

@@ -1,30 +1,42 @@
 """Transport actor: the call's Twilio Media Stream, both directions.
 
 Runs on the trio thread (``TrioActor``). It owns the call's ``TwilioStream``
-protocol state; it does not own the socket: the WebSocket handler does (one
-named owner per resource), and hands the transport two channels:
+protocol state; it does not own the socket: the host's WebSocket handler does
+(one named owner per resource). While the call tree lives, the transport reads
+and writes the socket directly through the handler's ``MediaSocket``
+(``transports.asgi_ws``), with no task or channel in between:
 
-- ``raw_in``: ``(text, t)`` for each WebSocket message, ``t`` = monotonic time
-  at read. Closed by the handler when the socket closes.
-- ``raw_out``: serialized outbound messages; the handler's writer task sends
-  them. The transport closes it to end the call from our side.
+- its read loop (a task in the actor's nursery) awaits ``sock.receive()``,
+  ``(text, t)`` per message with ``t`` = monotonic time at read, and ``None``
+  once the peer disconnected;
+- its mailbox loop (``receive``) serializes each outbound message and awaits
+  ``sock.send_text`` for it, in mailbox order.
 
 In: ``media`` -> ``CallerFrame`` to the decoder; ``dtmf`` -> planner; ``mark``
 echoes -> pacer; ``stop`` or a closed socket -> the transport exits normally,
 and because it is the tree's *significant* child, the whole call tree stops.
-Bad input (non-JSON, unknown events, bad base64, wrong order, oversized) is
-counted by kind and dropped; it never ends the call.
+Bad input (non-JSON, unknown events, bad base64, wrong order, oversized,
+binary) is counted by kind and dropped; it never ends the call.
 
 Out (mailbox): ``OutboundMedia``, ``OutboundMark``, ``OutboundClear``,
-``Hangup``. A full outbound channel drops and counts (the peer stopped
-reading); it never blocks the pacer.
+``Hangup``. Senders never block: a full mailbox (the peer reads slower than
+the pacer writes) drops and counts in ``dropped``, as for every actor.
+``Hangup`` ends the transport, hence the tree; the handler then closes the
+socket.
+
+A peer that stops reading: a send that has been in progress for
+``sock.send_timeout`` seconds (``SEND_TIMEOUT_S``, 5 s) is counted
+(``media_send_timeout``) and ends the transport (``stop_reason`` "send
+timeout"), hence only this call's tree. A third task watches for it
+(``MediaSocket.wait_send_stalled``) instead of a cancel scope per message.
+Ending the transport cancels its stalled send; hypercorn shields the socket
+write itself, so ending relies on that write being bounded on hypercorn's
+side (see ``transports.asgi_ws``).
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-import trio
 
 from engine.actor import TrioActor
 from engine.messages import (
@@ -37,6 +49,7 @@ from engine.messages import (
     OutboundMedia,
 )
 from transports import twilio as tw
+from transports.asgi_ws import MediaSocket
 
 
 class Transport(TrioActor):
@@ -45,52 +58,52 @@ class Transport(TrioActor):
     def __init__(
         self,
         stream: tw.TwilioStream,
-        raw_in: trio.MemoryReceiveChannel[tuple[Any, float]],
-        raw_out: trio.MemorySendChannel[str],
+        sock: MediaSocket,
         *,
         metrics: Any = None,
     ) -> None:
         super().__init__()
         self._stream = stream
-        self._raw_in = raw_in
-        self._raw_out = raw_out
+        self._sock = sock
         self._metrics = metrics
-        self.out_dropped = 0
         self.stop_reason = ""
 
     async def run(self) -> None:
         self.nursery.start_soon(self._read_loop)
+        self.nursery.start_soon(self._watch_sends)
         await super().run()
 
     async def receive(self, msg: Any) -> None:
         stream = self._stream
         try:
             if isinstance(msg, OutboundMedia):
-                self._out(stream.media(msg.mulaw))
+                text = stream.media(msg.mulaw)
             elif isinstance(msg, OutboundMark):
-                self._out(stream.mark(msg.name))
+                text = stream.mark(msg.name)
             elif isinstance(msg, OutboundClear):
-                self._out(stream.clear())
+                text = stream.clear()
             elif isinstance(msg, Hangup):
                 self.stop_reason = msg.reason
-                self._raw_out.close()
                 self.stop_self()
+                return
+            else:
+                return
         except tw.LocalProtocolError:
-            pass  # the stream already stopped: nothing more to say to it
-
-    def _out(self, text: str) -> None:
-        try:
-            self._raw_out.send_nowait(text)
-        except trio.WouldBlock:
-            self.out_dropped += 1
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+            return  # the stream already stopped: nothing more to say to it
+        if not await self._sock.send_text(text):
+            self._ended("socket closed")
 
     async def _read_loop(self) -> None:
         send = self.ctx.send
         metrics = self._metrics
-        async for data, t in self._raw_in:
-            for ev in self._stream.receive(data):
+        receive = self._sock.receive
+        parse = self._stream.receive
+        while True:
+            got = await receive()
+            if got is None:
+                break
+            data, t = got
+            for ev in parse(data):
                 if isinstance(ev, tw.Media):
                     send("decoder", CallerFrame(mulaw=ev.payload, t=t))
                 elif isinstance(ev, tw.Mark):
@@ -104,6 +117,12 @@ class Transport(TrioActor):
                     if metrics is not None:
                         metrics.violation(ev.kind)
         self._ended("socket closed")
+
+    async def _watch_sends(self) -> None:
+        await self._sock.wait_send_stalled()
+        if self._metrics is not None:
+            self._metrics.count("media_send_timeout")
+        self._ended("send timeout")
 
     def _ended(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason

@@ -10,11 +10,23 @@ Routes (the public contract; see README):
   ``/admin/...`` behind ``Authorization: Bearer $CALLENGINE_ADMIN_TOKEN``.
 - WhatsApp routes are added by ``whatsapp_bridge.routes`` when present.
 
-The WebSocket handler is the socket's one owner. It reads until ``start``,
-spawns the call tree, then only moves messages between the socket and the
-tree's transport through two channels (no parsing, decoding or logging per
-frame here). When the tree ends the handler closes the socket; when the socket
-closes, the handler closes the transport's input and the tree ends.
+``WS /twilio/media`` is not a Quart route: it is a plain ASGI handler installed
+in front of Quart (``transports.asgi_ws.MediaRoute`` wrapping ``app.asgi_app``),
+because each Quart layer cost a task switch per media message (issue 6).
+Everything else, lifespan included, still goes to Quart.
+
+The media handler (``_serve_media``) is the socket's one owner. It checks the
+upgrade (signature, capacity) and refuses it with 403 / 503 where the server
+supports HTTP refusals (else closes with 1008 / 1013), accepts, reads until
+``start`` (``START_TIMEOUT_S``), then spawns the call tree and waits for it to
+end. While the tree lives, the tree's transport reads and writes the socket
+through the handler's ``MediaSocket`` directly (no parsing, decoding or
+logging per frame here, and no task or channel in between). When the tree
+ends the handler plays the apology if the tree escalated and closes the
+socket; when the socket closes, the transport sees it and the tree ends. If
+the handler itself is cancelled while the tree lives (server shutdown), it
+detaches the socket and stops the tree before it leaves, so nothing uses the
+socket after its owner is gone.
 
 ``create_app()`` is the factory hypercorn loads in each worker process.
 """
@@ -28,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from quart import Response, jsonify, request, websocket
+from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from engine import hypercorn_fixes
@@ -39,6 +51,7 @@ from engine.messages import CallInfo
 from engine.runtime import Runtime
 from transports import signature as twsig
 from transports import twilio as tw
+from transports.asgi_ws import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, MediaRoute, MediaSocket
 from transports.twiml import connect_stream_twiml, say_and_hangup_twiml
 from whatsapp_bridge.routes import register_routes as register_whatsapp_routes
 from whatsapp_bridge.routes import start_whatsapp
@@ -48,6 +61,7 @@ hypercorn_fixes.apply()
 log = logging.getLogger("callengine.host")
 
 START_TIMEOUT_S = 15.0  # how long a new media socket may take to send `start`
+TREE_STOP_TIMEOUT_S = 5.0  # how long a cancelled handler waits for its call tree to stop
 _DASHBOARD = Path(__file__).resolve().parent / "dashboard.html"
 
 
@@ -231,23 +245,15 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     # ---- the media stream -------------------------------------------------------------------
 
-    @app.websocket("/twilio/media")
-    async def twilio_media() -> Any:
-        runtime = rt()
-        token = settings.secret("twilio_auth_token")
-        if token:
-            sig = websocket.headers.get("X-Twilio-Signature", "")
-            host = settings.public_host or websocket.headers.get("Host", "localhost")
-            path = websocket.full_path if websocket.query_string else websocket.path
-            if not any(twsig.valid_ws_upgrade(token, f"{s}://{host}{path}", sig) for s in ("wss", "ws")):
-                runtime.metrics.signature_failures.labels("media").inc()
-                return Response("invalid signature", status=403)
-        if runtime.live_call_count >= settings.max_calls:
-            runtime.metrics.calls_rejected.labels("capacity").inc()
-            return Response("too many calls", status=503)
-        ws = websocket._get_current_object()
-        await ws.accept()
-        await _serve_media(ws, runtime, settings)
+    async def twilio_media(scope: Any, receive: Any, send: Any) -> None:
+        await _serve_media(MediaSocket(scope, receive, send), rt(), settings)
+
+    app.asgi_app = MediaRoute(app.asgi_app, "/twilio/media", twilio_media)  # type: ignore[method-assign]
+
+    @app.get("/twilio/media")
+    async def twilio_media_http() -> Any:
+        # Plain HTTP on the WebSocket path: 400, as when it was a Quart WebSocket route.
+        return Response("WebSocket only", status=400)
 
     return app
 
@@ -276,25 +282,76 @@ def _live_row(live: Any) -> dict[str, Any]:
     }
 
 
-async def _serve_media(ws: Any, runtime: Runtime, settings: Settings) -> None:
+async def _serve_media(sock: MediaSocket, runtime: Runtime, settings: Settings) -> None:
     """Own one media socket for the life of its call (see the module docstring)."""
+    if not await sock.connect():
+        return
+    metrics = runtime.metrics
+    token = settings.secret("twilio_auth_token")
+    if token:
+        sig = sock.header(b"x-twilio-signature")
+        host = settings.public_host or sock.header(b"host", "localhost")
+        path = sock.path_and_query
+        if not any(twsig.valid_ws_upgrade(token, f"{s}://{host}{path}", sig) for s in ("wss", "ws")):
+            metrics.signature_failures.labels("media").inc()
+            await sock.refuse(403, "invalid signature", CLOSE_POLICY_VIOLATION)
+            return
+    if runtime.live_call_count >= settings.max_calls:
+        metrics.calls_rejected.labels("capacity").inc()
+        await sock.refuse(503, "too many calls", CLOSE_TRY_AGAIN_LATER)
+        return
+    await sock.accept()
+    info: CallInfo | None = None
+    try:
+        started = await _await_start(sock, runtime, settings)
+        if started is None:
+            return
+        info, stream = started
+        live = await runtime.start_call(info, stream, sock)
+        await live.ended.wait()
+        if live.escalated and sock.open:
+            await _play_apology(sock, stream, runtime.apology_audio(info.business_id))
+    finally:
+        with trio.CancelScope(shield=True):
+            leftover = runtime.live.get(info.call_sid) if info is not None else None
+            if leftover is not None and (leftover.info is not info or leftover.ended.is_set()):
+                leftover = None  # another socket's call, or ours has ended
+            if leftover is not None:
+                # Only when this handler is cancelled (server shutdown) or failed
+                # while its tree lives: the transport must not use the socket
+                # after its owner left.
+                sock.detach()
+                leftover.tree.request_stop()
+                with trio.move_on_after(TREE_STOP_TIMEOUT_S):
+                    await leftover.ended.wait()
+            if leftover is None or leftover.ended.is_set():
+                await sock.close()
+
+
+async def _await_start(
+    sock: MediaSocket, runtime: Runtime, settings: Settings
+) -> tuple[CallInfo, tw.TwilioStream] | None:
+    """Read until ``start`` (within ``START_TIMEOUT_S``): the new call's info and
+    its stream, or None when there is no call to run (counted)."""
     connected_at = time.monotonic()
     stream = tw.TwilioStream(max_message_bytes=settings.max_message_bytes)
     metrics = runtime.metrics
     start: tw.Start | None = None
     with trio.move_on_after(START_TIMEOUT_S):
         while start is None:
-            data = await ws.receive()
-            for ev in stream.receive(data):
+            got = await sock.receive()
+            if got is None:
+                return None
+            for ev in stream.receive(got[0]):
                 if isinstance(ev, tw.Start):
                     start = ev
                 elif isinstance(ev, tw.ProtocolViolation):
                     metrics.violation(ev.kind)
                 elif isinstance(ev, tw.Stop):
-                    return
+                    return None
     if start is None:
         metrics.count("media_no_start")
-        return
+        return None
     params = dict(start.custom_parameters)
     business = runtime.businesses.get(params.get("business", "")) or runtime.business_for_number(
         params.get("to", "")
@@ -312,50 +369,34 @@ async def _serve_media(ws: Any, runtime: Runtime, settings: Settings) -> None:
     )
     if info.call_sid in runtime.live:
         metrics.violation("duplicate_call_sid")
-        return
-    raw_in_send, raw_in_recv = trio.open_memory_channel[tuple[Any, float]](1024)
-    raw_out_send, raw_out_recv = trio.open_memory_channel[str](4096)
-    live = await runtime.start_call(info, stream, raw_in_recv, raw_out_send)
-    try:
-        async with trio.open_nursery() as nursery:
-
-            async def reader() -> None:
-                monotonic = time.monotonic
-                try:
-                    while True:
-                        data = await ws.receive()
-                        try:
-                            raw_in_send.send_nowait((data, monotonic()))
-                        except trio.WouldBlock:
-                            metrics.count("media_in_dropped")
-                finally:
-                    raw_in_send.close()
-
-            async def writer() -> None:
-                async for text in raw_out_recv:
-                    await ws.send(text)
-                nursery.cancel_scope.cancel()  # the transport hung up
-
-            nursery.start_soon(reader)
-            nursery.start_soon(writer)
-            await live.ended.wait()
-            if live.escalated:
-                await _play_apology(ws, stream, runtime.apology_audio(info.business_id))
-            nursery.cancel_scope.cancel()
-    finally:
-        raw_in_send.close()
+        return None
+    return info, stream
 
 
-async def _play_apology(ws: Any, stream: tw.TwilioStream, audio: bytes) -> None:
-    """The tree gave up: say sorry in real time, then let the handler close."""
+async def _play_apology(sock: MediaSocket, stream: tw.TwilioStream, audio: bytes) -> None:
+    """The tree gave up: say sorry in real time, then let the handler close.
+
+    The tree no longer reads the socket, so a task drains it meanwhile: a caller
+    who hangs up during the apology ends it at once."""
     from engine.audio import frames
 
-    deadline = trio.current_time()
     with trio.move_on_after(10):
-        for frame in frames(audio):
-            try:
-                await ws.send(stream.media(frame))
-            except tw.LocalProtocolError:
-                return
-            deadline += 0.02
-            await trio.sleep_until(deadline)
+        async with trio.open_nursery() as nursery:
+
+            async def drain() -> None:
+                while await sock.receive() is not None:
+                    pass
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(drain)
+            deadline = trio.current_time()
+            for frame in frames(audio):
+                try:
+                    text = stream.media(frame)
+                except tw.LocalProtocolError:
+                    break
+                if not await sock.send_text(text):
+                    break
+                deadline += 0.02
+                await trio.sleep_until(deadline)
+            nursery.cancel_scope.cancel()

@@ -73,6 +73,7 @@ class Runtime:
         self.writer = DurableWriter(store, Journal(settings.data_path / "journal.jsonl"))
         self.chat_hooks: list[Callable[["Runtime"], Any]] = []
         self.started_at = time.time()
+        self.vad_session: Any = None  # engine.providers.vad.SileroSession, loaded by create()
 
     @classmethod
     def create(cls, settings: Settings) -> "Runtime":
@@ -86,10 +87,10 @@ class Runtime:
             store.upsert_business(biz.id, biz.name, {"language": biz.language, "source": biz.source})
         runtime = cls(settings, businesses, store)
         runtime.prepare_audio()
-        from engine.providers.vad import MODEL_POOL
+        from engine.providers.vad import SileroSession
 
-        # A silero session takes 50-120 ms to load: never on the trio thread at call start.
-        MODEL_POOL.prewarm(min(settings.max_calls, 16))
+        # The one silero model of this process (~100 ms to load: here, never at call start).
+        runtime.vad_session = SileroSession.shared(8000)
         warm = getattr(runtime.stt, "warm_up", None) or getattr(runtime.stt_fallback, "warm_up", None)
         if warm is not None:
             warm()
@@ -134,17 +135,12 @@ class Runtime:
 
         v = self.settings.vad
         return VoiceActivityDetector(
-            sample_rate=8000, threshold=v.threshold, min_speech_ms=v.min_speech_ms, hangover_ms=v.hangover_ms
+            sample_rate=8000,
+            threshold=v.threshold,
+            min_speech_ms=v.min_speech_ms,
+            hangover_ms=v.hangover_ms,
+            session=self.vad_session,
         )
-
-    async def acquire_vad(self) -> Any:
-        """A detector for a new call without blocking trio: from the warm pool
-        at once, else loaded on a worker thread."""
-        from engine.providers.vad import MODEL_POOL
-
-        if MODEL_POOL.idle(8000):
-            return self.new_vad()
-        return await trio.to_thread.run_sync(self.new_vad, limiter=self._blocking_limiter)
 
     def start_tts_actor(self, ctx: ActorContext, voice: str) -> Any:
         from actors.tts import TtsActor
@@ -174,15 +170,17 @@ class Runtime:
         self,
         info: CallInfo,
         stream: Any,
-        raw_in: trio.MemoryReceiveChannel[tuple[Any, float]],
-        raw_out: trio.MemorySendChannel[str],
+        sock: Any,
     ) -> LiveCall:
-        """Spawn the call's tree under ``calls``; returns once every actor is ready."""
+        """Spawn the call's tree under ``calls``; returns once every actor is ready.
+
+        ``sock`` (a ``transports.asgi_ws.MediaSocket``) stays owned by the caller
+        (the host's handler); the tree's transport reads and writes it until the
+        tree ends."""
         from actors.call import build_call_tree
 
         assert self.calls is not None
-        vad = await self.acquire_vad()
-        tree = build_call_tree(self, info, stream, raw_in, raw_out, first_vad=vad)
+        tree = build_call_tree(self, info, stream, sock)
         live = LiveCall(info=info, tree=tree)
 
         def on_exit(sup: Supervisor, error: BaseException | None) -> None:

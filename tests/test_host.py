@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
-from tests.conftest_host import ADMIN_TOKEN, ROOT, HostProcess, host, start_host  # noqa: F401
+from tests.conftest_host import ADMIN_TOKEN, ROOT, TWILIO_TOKEN, HostProcess, host, start_host  # noqa: F401
 
 CLI = str(Path(sys.executable).parent / "callengine")
 
@@ -57,6 +58,12 @@ def test_connection_close_closes_the_socket(host: HostProcess) -> None:
                 break
             data += chunk
     assert data.startswith(b"HTTP/1.1 200")
+
+
+def test_plain_http_on_the_media_path_is_a_bad_request(host: HostProcess) -> None:
+    """The media WebSocket is served in front of Quart; plain HTTP there still gets 400."""
+    status, _ = host.get("/twilio/media", admin=False)
+    assert status == 400
 
 
 def test_metrics_are_exposed(host: HostProcess) -> None:
@@ -133,3 +140,70 @@ def test_sigint_stops_a_single_worker_host(tmp_path: Path) -> None:
         assert time.monotonic() - t0 < 25
     finally:
         h.stop()
+
+
+async def test_a_caller_that_stops_reading_is_hung_up_on_and_no_other_call_is_touched(tmp_path: Path) -> None:
+    """hypercorn_fixes 4.: a media socket whose peer stopped reading (its receive
+    window is full) but keeps sending: the transport's send stalls, the bounded
+    write closes the connection, and the call ends (recorded, counted). A second
+    call on the same host runs to its end without an error or an underrun."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request, TextMessage
+
+    from engine.hypercorn_fixes import WRITE_TIMEOUT_S
+    from transports.caller import Pause, SimulatedCaller
+    from transports.signature import compute
+    from transports.twilio import CallerSideStream
+
+    stubs = {"CALLENGINE_STT": "stub", "CALLENGINE_TTS": "stub", "CALLENGINE_LLM": "stub"}
+    h = await trio.to_thread.run_sync(lambda: start_host(tmp_path, stubs))
+    try:
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills in about a second
+        await sock.connect(("127.0.0.1", h.port))
+        ws = WSConnection(ConnectionType.CLIENT)
+        signature = compute(TWILIO_TOKEN, h.ws).encode()
+        await sock.send(ws.send(Request(host=f"127.0.0.1:{h.port}", target="/twilio/media",
+                                        extra_headers=[(b"x-twilio-signature", signature)])))
+        while not any(isinstance(e, AcceptConnection) for e in ws.events()):
+            ws.receive_data(await sock.recv(4096))
+        proto = CallerSideStream("CA" + "s" * 32, "MZ" + "s" * 32)
+        reset: list[float] = []
+
+        async def send(text: str) -> None:
+            if not reset:
+                with trio.move_on_after(1):
+                    try:
+                        await sock.send(ws.send(TextMessage(data=text)))
+                    except OSError:  # the server closed the connection on us
+                        reset.append(time.monotonic())
+
+        await send(proto.connected())
+        await send(proto.start({"from": "+1555"}))
+        other = SimulatedCaller(h.ws, [Pause(seconds=WRITE_TIMEOUT_S + 15)], auth_token=TWILIO_TOKEN,
+                                keep_audio=False)
+        results = []
+        ended_after = None
+        async with trio.open_nursery() as nursery:
+
+            async def run_other() -> None:
+                results.append(await other.run())
+
+            nursery.start_soon(run_other)
+            t0 = time.monotonic()
+            for i in range(int((WRITE_TIMEOUT_S + 12) / 0.02)):  # Twilio keeps sending; we never read again
+                await send(proto.media(b"\xff" * 160, i * 20))
+                await trio.sleep(0.02)
+                if i % 25 == 0:
+                    _, call = await trio.to_thread.run_sync(lambda: h.get(f"/admin/calls/{proto.call_sid}"))
+                    if call.get("state") == "ended":
+                        ended_after = time.monotonic() - t0
+                        break
+        sock.close()
+        assert ended_after is not None, "the stalled call never ended"
+        assert reset, "the server never closed the stalled connection"
+        assert results and results[0].ok and results[0].underruns == 0 and not results[0].closed_by_server
+        _, metrics = await trio.to_thread.run_sync(lambda: h.get("/metrics", admin=False))
+        assert 'callengine_events_total{event="media_send_timeout"} 1.0' in metrics
+    finally:
+        await trio.to_thread.run_sync(h.stop)
