@@ -11,6 +11,7 @@ asserted have generous margins.
 from __future__ import annotations
 
 import contextlib
+import socket
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -302,6 +303,141 @@ async def test_connection_refused_is_an_error_not_an_exception() -> None:
     assert not result.connected and result.errors
 
 
+async def test_generic_stream_path_runs_the_same_call() -> None:
+    """The ``wss://`` path (queued writes, flusher task) over plain TCP: same behaviour."""
+    agent = FakeAgent(greeting_frames=10, reply_frames=15, silence_frames_to_reply=8)
+    async with serving(agent) as url:
+        caller = SimulatedCaller(url, [Say(audio=tone(0.3)), WaitForReply(3), PressKey("7")], settle=0.15,
+                                 call_timeout=20.0)
+        caller._use_stream_conn = True
+        result = await caller.run()
+    assert result.ok, result.errors
+    assert agent.stopped and agent.dtmf == ["7"] and agent.violations == {}
+    assert [name for name, _ in result.marks_echoed] == ["greeting", "reply-1"]
+    chunks = [m.chunk for _, m in agent.media]
+    assert chunks == list(range(1, len(chunks) + 1))
+    assert result.turns[0].reply_latency_ms is not None
+
+
+async def test_ping_answered_and_close_handshake_after_stop() -> None:
+    """The server's ping gets a pong mid-call; after ``stop`` the caller sends Close
+    (1000) and waits for the server's reply before closing the socket."""
+    seen: dict[str, object] = {}
+
+    async def handler(request) -> None:
+        ws = await request.accept()
+        stream = TwilioStream()
+        with trio.fail_after(5):
+            while True:
+                for ev in stream.receive(await ws.get_message()):
+                    if isinstance(ev, Media) and "pong" not in seen:
+                        await ws.ping(b"are-you-there")  # returns when the pong arrived
+                        seen["pong"] = True
+                    if isinstance(ev, Stop):
+                        seen["stop"] = True
+                try:
+                    if seen.get("stop"):
+                        await ws.get_message()  # nothing more: the caller's Close ends this
+                except ConnectionClosed as exc:
+                    seen["close_code"] = exc.reason.code
+                    handler_done.set()
+                    return
+
+    handler_done = trio.Event()
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+        result = await SimulatedCaller(
+            f"ws://127.0.0.1:{server.port}/", [Pause(0.2)], wait_greeting=False, call_timeout=10
+        ).run()
+        with trio.move_on_after(2):
+            await handler_done.wait()
+        nursery.cancel_scope.cancel()
+    assert result.ok, result.errors
+    assert not result.closed_by_server
+    assert seen == {"pong": True, "stop": True, "close_code": 1000}
+
+
+async def test_oversized_engine_message_ends_the_call_with_an_error() -> None:
+    async def handler(request) -> None:
+        ws = await request.accept()
+        await ws.get_message()  # connected
+        await ws.send_message("x" * (2 * 1024 * 1024))
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.get_message()
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+        result = await SimulatedCaller(
+            f"ws://127.0.0.1:{server.port}/", [Pause(5)], wait_greeting=False, call_timeout=10
+        ).run()
+        nursery.cancel_scope.cancel()
+    assert result.connected and not result.ok
+    assert any("over 1048576 bytes" in e for e in result.errors), result.errors
+    assert result.duration_ms < 3000
+
+
+async def test_socket_writes_queue_in_order_when_the_kernel_buffer_is_full() -> None:
+    from transports.caller import _SocketConn
+
+    a, b = socket.socketpair()
+    conn = _SocketConn(a)
+    peer = trio.socket.from_stdlib_socket(b)
+    chunks = [bytes([i % 256]) * 65536 for i in range(64)]  # 4 MiB: more than the socket buffers
+    for chunk in chunks:
+        conn.write(chunk)  # never blocks
+    assert conn._backlog  # the kernel did not take it all
+    received = bytearray()
+
+    async def read_all() -> None:
+        while len(received) < 64 * 65536 + 4:
+            received.extend(await peer.recv(1 << 20))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            nursery.start_soon(conn.flush_forever)
+            while len(received) < 64 * 65536:
+                await trio.sleep(0.01)
+            conn.write(b"tail")  # after the backlog drained: straight to the socket
+            while len(received) < 64 * 65536 + 4:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert bytes(received) == b"".join(chunks) + b"tail"
+    await conn.aclose()
+    peer.close()
+    conn.write(b"after close")  # dropped, not raised
+    assert conn.broken
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70001])
+def test_masked_text_frames_decode_as_the_server_sees_them(size: int) -> None:
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import TextMessage
+
+    from transports.caller import _masked_text_frame
+
+    text = ("é{\"x\":1}" * size)[:size]
+    frame = _masked_text_frame(text)
+    assert frame[0] == 0x81 and frame[1] & 0x80  # FIN + text, masked
+    server = Connection(ConnectionType.SERVER)  # rejects unmasked client frames
+    server.receive_data(frame)
+    events = list(server.events())
+    assert len(events) == 1 and isinstance(events[0], TextMessage)
+    assert events[0].data == text and events[0].message_finished
+    assert _masked_text_frame(text) != frame  # a fresh masking key per frame
+
+
+def test_line_frames_are_measured_once_per_line() -> None:
+    from transports.caller import _line_frames
+
+    line = b"\xff" * 800 + tone(0.3) + b"\xff" * 800
+    frames_, first, last = _line_frames(line)
+    assert len(frames_) == len(line) // 160 and (first, last) == (5, 19)
+    assert _line_frames(line) is _line_frames(line)
+    assert _line_frames(b"\xff" * 320)[1:] == (0, 1)  # nothing voiced: the whole line
+
+
 def test_script_validation() -> None:
     with pytest.raises(ValueError):
         Say()
@@ -313,6 +449,9 @@ def test_script_validation() -> None:
         SimulatedCaller("http://example.invalid/", [])
     with pytest.raises(ValueError):
         SimulatedCaller("ws://127.0.0.1:1/", ["not a step"])  # type: ignore[list-item]
+    for bad_url in ("ws://", "ws://:80/", "ws://127.0.0.1:port/", "wss://127.0.0.1:99999/"):
+        with pytest.raises(ValueError):
+            SimulatedCaller(bad_url, [])
 
 
 # ------------------------------------------------------------------ caller_voice (espeak-ng)

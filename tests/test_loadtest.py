@@ -84,6 +84,32 @@ def test_injected_delays_follow_the_settings(monkeypatch: pytest.MonkeyPatch) ->
     assert injected_delays(load_settings())["turn_end_wait_ms"] == s.vad.hangover_ms + s.stub.stt_final_delay_ms
 
 
+def test_sampler_walks_the_process_tree_when_due_or_when_a_process_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import subprocess
+
+    from bench import loadtest
+
+    monkeypatch.setattr(loadtest, "TREE_REFRESH_S", 3600.0)
+    sampler = loadtest._Sampler([os.getpid()])
+    sampler.prime()
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        sampler.sample(0.5, 0)
+        assert child.pid not in sampler._procs  # the tree is not walked on every sample
+        monkeypatch.setattr(loadtest, "TREE_REFRESH_S", 0.0)
+        sampler.sample(1.0, 0)
+        assert child.pid in sampler._procs  # due: walked again, the new child is counted
+        monkeypatch.setattr(loadtest, "TREE_REFRESH_S", 3600.0)
+    finally:
+        child.kill()
+        child.wait()
+    sampler.sample(1.5, 0)  # the child is gone: skipped, and the next sample walks again
+    sampler.sample(2.0, 0)
+    assert child.pid not in sampler._procs and os.getpid() in sampler._procs
+    assert len(sampler.samples) == 4 and all(s["cpu_pct"] >= 0 for s in sampler.samples)
+
+
 def test_summaries_and_docs_sections() -> None:
     s = rpt.summarize([1.0, 2.0, 3.0, None, 4.0])
     assert s["n"] == 4 and s["p50"] == 2.5 and s["max"] == 4.0 and s["p99"] <= 4.0

@@ -2,8 +2,9 @@
 
 Used by ``callengine call`` (one call, printed as a timeline), by the load tester
 (many concurrent callers, aggregated results) and by the end-to-end tests. It
-connects to the engine's WebSocket with ``trio_websocket`` and behaves as Twilio
-does on a bidirectional ``<Connect><Stream>``:
+opens a real client WebSocket (RFC 6455: HTTP/1.1 upgrade, masked client frames;
+``wsproto`` for the upgrade and parsing) to the engine and behaves as Twilio does on a bidirectional
+``<Connect><Stream>``:
 
 * sends ``connected`` then ``start`` (a generated ``CA…`` callSid and ``MZ…``
   streamSid, the caller's ``customParameters``);
@@ -15,10 +16,12 @@ does on a bidirectional ``<Connect><Stream>``:
   tick in real time, so it knows when each frame is *heard*;
 * echoes each ``mark`` only when playback reaches it; on ``clear`` empties the
   buffer and echoes every pending mark at once (Twilio's documented behaviour);
-* sends ``stop`` after the script and closes the socket.
+* sends ``stop`` after the script, then closes the WebSocket (close handshake)
+  and the socket.
 
-Structure (one trio nursery per call; it owns every task and the socket; nothing
-outlives ``run()``):
+Structure (one trio nursery per call; it owns every task; the call's
+:class:`_WebSocket` and its socket are owned by ``run()`` and closed on every exit
+path; nothing outlives ``run()``):
 
 * the *clock* task: the 20 ms tick; sends one inbound frame and plays one
   outbound frame per tick, echoing marks that playback reached;
@@ -26,35 +29,73 @@ outlives ``run()``):
   :class:`transports.twilio.CallerSideStream`, appends audio and marks to the
   playback buffer, handles ``clear``;
 * the *script* task: runs the steps (:class:`Say`, :class:`Pause`,
-  :class:`WaitForReply`, :class:`BargeIn`, :class:`PressKey`), then sends ``stop``.
+  :class:`WaitForReply`, :class:`BargeIn`, :class:`PressKey`), then sends ``stop``;
+* the *flusher* task: sleeps unless the kernel's send buffer was full (never on
+  loopback in practice); then it writes the backlog when the socket is writable.
 
-All sends go through one lock, and each message is serialized inside it, so
-sequence numbers reach the wire in order. Waits are woken by a change event set
-on every tick and every received message (no polling sleeps). Nothing is logged
-per frame; numbers go into :class:`CallResult`.
+Sending is synchronous: a message is serialized (taking its sequence number)
+and handed to the socket in one step with no checkpoint in between, so
+sequence numbers reach the wire in order without a lock, and what the kernel
+does not take at once is queued behind any earlier backlog. The script waits on
+one predicate at a time; the clock and the receiver evaluate it after each tick
+or message and wake the script only when it holds (no polling sleeps, no wake-up
+per tick). Nothing is logged per frame; numbers go into :class:`CallResult`.
 
 Timing conventions: every ``*_ms`` field is milliseconds since ``start`` was sent
 (``trio.current_time()``; real time under a real clock). ``speech_end_ms`` is the
 moment the last *voiced* frame of a line ends (its send time + 20 ms); a clip's
 leading and trailing silence is sent but not counted as speech.
 
+Cost. The load tester runs many callers in one process on the cores of the server
+under test, so per-tick cost matters. On ``ws://`` the caller owns a plain
+non-blocking socket: a tick is one timer wake-up and one ``send`` system call; a
+received message is one readiness wake-up and one ``recv``. Script lines are cut
+into frames and classified voiced/unvoiced once per process (:func:`_line_frames`).
+``wss://`` goes through ``trio.SSLStream`` and the flusher task (a wake-up per
+message; fine for single calls, not meant for load).
+
 Rejected designs: a separate playback task with its own clock (two clocks drift
-and their ordering against mark echoes becomes racy), and sleeping between frames
-with relative ``trio.sleep(0.02)`` (accumulates drift: 2-3 % slow over a minute).
+and their ordering against mark echoes becomes racy); sleeping between frames
+with relative ``trio.sleep(0.02)`` (accumulates drift: 2-3 % slow over a minute);
+``trio_websocket`` with a send lock and a change event set on every tick and
+message (the previous design: a reader task and a channel per connection, two
+locks and a ``trio.Event`` per send, the script woken every tick, about 1.3 % of
+a core per call); one task that both reads and ticks (cancelling the read at
+every tick re-registers the socket with epoll each time); one process-wide timer
+task driving every caller's tick (measured: no gain beyond noise, because on this
+kind of machine what a tick costs is the event loop's wake-up itself, and the
+phases of the calls must stay independent, as real calls' are).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
+import os
 import secrets
+import socket
+import ssl
+import struct
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Mapping, Sequence, Union
+from typing import Callable, Mapping, Protocol, Sequence, Union
+from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError
 
 from engine.audio import MULAW_SILENCE, frames, rms_pcm16, ulaw_decode
 from transports.signature import compute as compute_signature
@@ -83,6 +124,9 @@ _SILENCE_FRAME = MULAW_SILENCE * FRAME_BYTES
 _UNDERRUN_GAP_MS = 40.0  # a gap longer than this inside one agent utterance is an underrun
 _LATE_S = 0.020  # a tick sent more than one frame late counts as late
 _VOICED_RMS = 100.0  # PCM16 RMS (about -50 dBFS) above which a frame counts as speech
+_MAX_MESSAGE_BYTES = 1024 * 1024  # larger engine messages end the call (close code 1009)
+_DISCONNECT_TIMEOUT_S = 2.0  # how long our close handshake waits for the server's Close
+_RECV_BYTES = 16 * 1024
 
 
 # ------------------------------------------------------------------ script steps
@@ -216,6 +260,340 @@ def new_stream_sid() -> str:
     return "MZ" + secrets.token_hex(16)
 
 
+# ------------------------------------------------------------------ the WebSocket
+
+
+class _Conn(Protocol):
+    """A byte pipe under one :class:`_WebSocket` (plain socket or TLS stream).
+
+    ``write`` never blocks and never raises: what cannot go out now is queued in
+    order behind earlier bytes, and a dead connection sets ``broken`` (later
+    writes are dropped). ``receive_some`` returns ``b""`` at end of stream or on
+    a reset. One task reads; ``drain`` runs in one task at a time.
+    """
+
+    broken: bool
+
+    def write(self, data: bytes) -> None: ...
+
+    async def receive_some(self) -> bytes: ...
+
+    async def drain(self) -> None: ...
+
+    async def flush_forever(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _SocketConn:
+    """A plain TCP connection on a non-blocking stdlib socket, waited on with
+    ``trio.lowlevel.wait_readable``/``wait_writable`` (the load tester's path).
+
+    Why not ``trio.SocketStream``: every ``send_all`` and ``receive_some`` ends in a
+    checkpoint (an extra scheduling round per message), and ``recv`` is tried
+    before waiting (a failed system call per message). Here a write is one
+    ``send``; a read is one wake-up and one ``recv``.
+    """
+
+    __slots__ = ("_sock", "_backlog", "_wake", "broken")
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._backlog = bytearray()
+        self._wake: trio.Event | None = None
+        self.broken = False
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> "_SocketConn":
+        stream = await trio.open_tcp_stream(host, port)  # happy eyeballs; sets TCP_NODELAY
+        return cls(socket.socket(fileno=stream.socket.detach()))
+
+    def write(self, data: bytes) -> None:
+        if self.broken:
+            return
+        if not self._backlog:
+            try:
+                sent = self._sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.broken = True
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._backlog += data
+        if self._wake is not None:
+            self._wake.set()
+
+    async def drain(self) -> None:
+        """Write the backlog as the socket accepts it (returns at once when empty)."""
+        while self._backlog and not self.broken:
+            await trio.lowlevel.wait_writable(self._sock)
+            try:
+                sent = self._sock.send(self._backlog)
+            except BlockingIOError:
+                continue
+            except OSError:
+                self.broken = True
+                return
+            del self._backlog[:sent]
+
+    async def flush_forever(self) -> None:
+        """The flusher task: asleep until a write found the kernel's buffer full."""
+        while True:
+            if not self._backlog:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                self._wake = None
+            await self.drain()
+            if self.broken:
+                return
+
+    async def receive_some(self) -> bytes:
+        while True:
+            await trio.lowlevel.wait_readable(self._sock)
+            try:
+                return self._sock.recv(_RECV_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return b""
+
+    async def aclose(self) -> None:
+        trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()
+        self.broken = True
+
+
+class _StreamConn:
+    """Any trio stream (TLS for ``wss://``); writes are queued and sent by the flusher."""
+
+    __slots__ = ("_stream", "_backlog", "_wake", "broken")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._backlog = bytearray()
+        self._wake: trio.Event | None = None
+        self.broken = False
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> "_StreamConn":
+        stream = await trio.open_ssl_over_tcp_stream(
+            host, port, ssl_context=ssl.create_default_context(), https_compatible=True
+        )
+        return cls(stream)
+
+    def write(self, data: bytes) -> None:
+        if self.broken:
+            return
+        self._backlog += data
+        if self._wake is not None:
+            self._wake.set()
+
+    async def drain(self) -> None:
+        """Send the backlog. Each ``send_all`` is shielded (bounded by
+        ``_DISCONNECT_TIMEOUT_S``): a cancelled ``send_all`` may have sent part of
+        its bytes, and a message cut in half would corrupt the stream."""
+        while self._backlog and not self.broken:
+            data = bytes(self._backlog)
+            self._backlog.clear()
+            with trio.CancelScope(shield=True) as scope:
+                scope.relative_deadline = _DISCONNECT_TIMEOUT_S
+                try:
+                    await self._stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.broken = True
+            if scope.cancelled_caught:
+                self.broken = True
+
+    async def flush_forever(self) -> None:
+        while not self.broken:
+            if not self._backlog:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                self._wake = None
+            await self.drain()
+
+    async def receive_some(self) -> bytes:
+        try:
+            return bytes(await self._stream.receive_some(_RECV_BYTES))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+    async def aclose(self) -> None:
+        self.broken = True
+        await trio.aclose_forcefully(self._stream)
+
+
+def _masked_text_frame(text: str) -> bytes:
+    """One unfragmented client text frame (RFC 6455 section 5.2): FIN + text opcode,
+    the MASK bit and length, a fresh 4-byte masking key from ``os.urandom`` (the
+    RFC asks for a strong source of entropy), the payload XOR-ed with the key.
+
+    Why not ``wsproto``'s ``send``: it builds the same bytes in 2.5x the time (a
+    ``bytearray`` copy per step and a per-byte table masker); this is the hottest
+    path of the load tester (one call per 20 ms tick per call). ``wsproto`` still
+    does the handshake, every control frame and all parsing. A whole unfragmented
+    data frame leaves ``wsproto``'s send state as it was.
+    """
+    payload = text.encode("utf-8")
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, 0x80 | n))
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 0xFE, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 0xFF, n)
+    key = os.urandom(4)
+    mask = int.from_bytes((key * ((n + 3) >> 2))[:n], "little")
+    return header + key + (int.from_bytes(payload, "little") ^ mask).to_bytes(n, "little")
+
+
+class _ConnectError(Exception):
+    """The connection or the upgrade failed; the message is the caller's error text."""
+
+
+class _WebSocket:
+    """The client end of one RFC 6455 WebSocket over a :class:`_Conn`. ``wsproto``
+    does the upgrade, the control frames (ping, close) and all parsing (UTF-8
+    checks, fragments, close codes); text messages out are :func:`_masked_text_frame`.
+
+    Runs on the caller's trio thread. ``send_text`` is synchronous (see
+    :class:`_Conn`). ``receive`` is called by one task at a time (the receiver,
+    then the close handshake); it answers pings and the server's Close itself.
+    Owned by ``SimulatedCaller.run()``, which calls ``aclose`` on every exit path.
+    """
+
+    __slots__ = ("conn", "_ws", "_parts", "_parts_size", "max_message_size", "closed", "too_big")
+
+    def __init__(self, conn: _Conn, ws: Connection, max_message_size: int = _MAX_MESSAGE_BYTES) -> None:
+        self.conn = conn
+        self._ws = ws
+        self._parts: list[str | bytes] = []
+        self._parts_size = 0
+        self.max_message_size = max_message_size
+        self.closed = False  # the connection is closing or closed: receive() returns nothing more
+        self.too_big = False  # closed by us with 1009: a message over max_message_size
+
+    @classmethod
+    async def connect(cls, url: str, headers: list[tuple[bytes, bytes]], *, stream_conn: bool = False) -> "_WebSocket":
+        """Open the connection and do the client upgrade. Raises :class:`_ConnectError`
+        for a rejection or a broken handshake, ``OSError`` when the host cannot be
+        reached. ``stream_conn`` (tests) takes the ``wss://`` path (a trio stream) on ``ws://``."""
+        parts = urlsplit(url)
+        tls = parts.scheme == "wss"
+        host = parts.hostname
+        if not host:
+            raise _ConnectError(f"connect failed: no host in {url!r}")
+        port = parts.port or (443 if tls else 80)
+        resource = (parts.path or "/") + ("?" + parts.query if "?" in url else "")
+        host_header = f"[{host}]" if ":" in host else host
+        if port not in (80, 443):
+            host_header += f":{port}"
+        conn: _Conn
+        if tls:
+            conn = await _StreamConn.connect(host, port)
+        elif stream_conn:
+            conn = _StreamConn(await trio.open_tcp_stream(host, port))
+        else:
+            conn = await _SocketConn.connect(host, port)
+        try:
+            handshake = H11Handshake(ConnectionType.CLIENT)
+            conn.write(handshake.send(Request(host=host_header, target=resource, extra_headers=headers)))
+            await conn.drain()
+            while True:
+                data = await conn.receive_some()
+                try:
+                    handshake.receive_data(data or None)
+                except RemoteProtocolError as exc:
+                    raise _ConnectError(f"handshake failed: {exc}") from None
+                for event in handshake.events():
+                    if isinstance(event, AcceptConnection):
+                        assert handshake.connection is not None  # set on accept
+                        return cls(conn, handshake.connection)
+                    if isinstance(event, RejectConnection):
+                        raise _ConnectError(f"handshake failed: ConnectionRejected {event.status_code}")
+                if not data or conn.broken:
+                    raise _ConnectError("connect failed: connection closed during the handshake")
+        except BaseException:
+            await conn.aclose()
+            raise
+
+    def send_text(self, text: str) -> bool:
+        """Frame and write one text message; False when the connection is no longer open."""
+        if self._ws.state is not ConnectionState.OPEN or self.conn.broken:
+            return False
+        self.conn.write(_masked_text_frame(text))
+        return not self.conn.broken
+
+    async def receive(self) -> list[str | bytes]:
+        """Wait for bytes from the server; return the messages they complete
+        (possibly none). Sets ``closed`` at the server's Close, at end of stream,
+        on a framing error (answered with its close code) or an oversized message."""
+        ws = self._ws
+        if ws.state is ConnectionState.CLOSED:
+            self.closed = True
+            await trio.lowlevel.checkpoint()
+            return []
+        data = await self.conn.receive_some()
+        ws.receive_data(data or None)
+        out: list[str | bytes] = []
+        for event in ws.events():
+            if isinstance(event, Message):
+                if event.message_finished and not self._parts:
+                    if len(event.data) > self.max_message_size:
+                        self._close_too_big()
+                        break
+                    out.append(event.data)
+                    continue
+                self._parts.append(event.data)
+                self._parts_size += len(event.data)
+                if self._parts_size > self.max_message_size:
+                    self._close_too_big()
+                    break
+                if event.message_finished:
+                    joiner = "" if isinstance(event, TextMessage) else b""
+                    out.append(joiner.join(self._parts))  # type: ignore[arg-type]
+                    self._parts.clear()
+                    self._parts_size = 0
+            elif isinstance(event, Ping):
+                if ws.state is ConnectionState.OPEN:
+                    self.conn.write(ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                # The server's Close is answered (REMOTE_CLOSING); a framing error
+                # (still OPEN) is closed with its code; after EOF nothing is sent.
+                if ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+                    self.conn.write(ws.send(event.response()))
+                self.closed = True
+                break
+        if not data:
+            self.closed = True
+        return out
+
+    def _close_too_big(self) -> None:
+        self.too_big = True
+        self.closed = True
+        if self._ws.state is ConnectionState.OPEN:
+            self.conn.write(self._ws.send(CloseConnection(code=1009, reason="message too big")))
+
+    async def close(self, timeout: float) -> None:
+        """Our close handshake: Close (1000), then wait up to ``timeout`` for the
+        server's Close (or end of stream). Does not close the socket: ``aclose``."""
+        ws = self._ws
+        if ws.state is ConnectionState.OPEN:
+            self.conn.write(ws.send(CloseConnection(code=1000)))
+        with trio.move_on_after(timeout):
+            await self.conn.drain()
+            while ws.state is not ConnectionState.CLOSED and not self.conn.broken:
+                await self.receive()  # messages after our stop are dropped, as Twilio would
+
+    async def aclose(self) -> None:
+        """Close the socket (idempotent; safe under cancellation)."""
+        await self.conn.aclose()
+
+
 # ------------------------------------------------------------------ the caller
 
 
@@ -237,16 +615,30 @@ class _Playback:
         return not self.items
 
 
+@functools.lru_cache(maxsize=64)
+def _line_frames(audio: bytes) -> tuple[tuple[bytes, ...], int, int]:
+    """A line cut into 20 ms frames, and its first and last voiced frame (the whole
+    line when none is voiced). Cached: the load tester gives every caller the same
+    ``bytes`` objects, so each line is decoded and measured once per process."""
+    line = tuple(frames(audio, FRAME_BYTES))
+    voiced = [i for i, f in enumerate(line) if rms_pcm16(ulaw_decode(f)) >= _VOICED_RMS]
+    if voiced:
+        return line, voiced[0], voiced[-1]
+    return line, 0, len(line) - 1
+
+
 class SimulatedCaller:
     """One simulated Twilio call against ``url`` running ``script``.
 
-    ``run()`` is a trio coroutine; it owns a nursery with the clock, receiver and
-    script tasks and the WebSocket, and returns a :class:`CallResult` when the
-    script has finished and ``stop`` was sent, when the server closed the socket,
-    or at ``call_timeout``. Connection failures, rejections (e.g. a 403 for a bad
-    signature) and timeouts are recorded in ``result.errors``, not raised, so a
-    load test can aggregate them; bad script arguments raise ``ValueError`` at
-    construction. Cancelling ``run()`` closes the socket and cancels all its tasks.
+    ``run()`` is a trio coroutine; it owns a nursery with the clock, receiver,
+    script and flusher tasks, and the WebSocket; it returns a :class:`CallResult`
+    when the script has finished and ``stop`` was sent (then it closes the
+    WebSocket, waiting up to 2 s for the server's Close), when the server closed
+    the socket, or at ``call_timeout``. Connection failures, rejections (e.g. a
+    403 for a bad signature) and timeouts are recorded in ``result.errors``, not
+    raised, so a load test can aggregate them; bad script arguments raise
+    ``ValueError`` at construction. Cancelling ``run()`` cancels all its tasks and
+    closes the socket.
 
     ``signature`` is sent as ``X-Twilio-Signature`` on the upgrade; with
     ``auth_token`` instead, the signature of ``url`` is computed as Twilio would.
@@ -272,6 +664,13 @@ class SimulatedCaller:
     ) -> None:
         if not url.startswith(("ws://", "wss://")):
             raise ValueError(f"caller url must be ws:// or wss://, got {url!r}")
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+        except ValueError as exc:
+            raise ValueError(f"caller url {url!r}: {exc}") from None
+        if not parts.hostname:
+            raise ValueError(f"caller url has no host: {url!r}")
         for step in script:
             if not isinstance(step, (Say, Pause, WaitForReply, BargeIn, PressKey)):
                 raise ValueError(f"unknown script step {step!r}")
@@ -290,44 +689,55 @@ class SimulatedCaller:
         self.result = CallResult(call_sid or new_call_sid(), stream_sid or new_stream_sid())
         self._proto = CallerSideStream(self.result.call_sid, self.result.stream_sid, account_sid)
         self._playback = _Playback()
-        self._speech: list[bytes] = []
+        self._speech: Sequence[bytes] = ()
         self._speech_pos = 0
         self._voiced = (0, 0)  # first and last voiced frame index of the current line
         self._speaking_turn: Turn | None = None
         self._last_speech_end_ms = 0.0
-        self._changed = trio.Event()
-        self._send_lock = trio.Lock()
+        self._waiter: tuple[Callable[[], bool], trio.Event] | None = None
         self._t0 = 0.0
-        self._ws = None
+        self._ws: _WebSocket | None = None
         self._cancel: trio.CancelScope | None = None
+        self._use_stream_conn = False  # tests: drive ws:// through the wss:// (trio stream) path
 
     # -------------------------------------------------------------- helpers
 
     def _now_ms(self) -> float:
         return (trio.current_time() - self._t0) * 1000.0
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+    def _check_waiter(self) -> None:
+        """After a tick or a received message: wake the script if what it waits for holds."""
+        waiter = self._waiter
+        if waiter is not None and waiter[0]():
+            self._waiter = None
+            waiter[1].set()
 
     async def _wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        with trio.move_on_after(timeout):
-            while not predicate():
-                await self._changed.wait()
+        """Wait (the script task) until ``predicate()`` holds, up to ``timeout`` s.
+        The predicate only reads state that changes on a tick or a received
+        message, so it is checked there (:meth:`_check_waiter`) and nowhere else."""
+        if predicate():
             return True
-        return False
+        event = trio.Event()
+        self._waiter = (predicate, event)
+        try:
+            with trio.move_on_after(timeout):
+                await event.wait()
+                return True
+            return False
+        finally:
+            if self._waiter is not None and self._waiter[1] is event:
+                self._waiter = None
 
-    async def _send(self, make: Callable[[], str | None]) -> None:
-        """Serialize (inside the lock, so sequence numbers stay ordered) and send."""
-        async with self._send_lock:
-            text = make()
-            if text is None:
-                return
-            try:
-                await self._ws.send_message(text)
-            except ConnectionClosed:
-                self._server_closed()
-                await trio.lowlevel.checkpoint()  # raises Cancelled: the call is over
+    def _write(self, text: str | None) -> None:
+        """Send one message now (synchronous; see the module docstring). A dead
+        connection ends the call: the task goes on to its next checkpoint, where
+        the cancelled nursery stops it."""
+        if text is None:
+            return
+        ws = self._ws
+        if ws is None or not ws.send_text(text):
+            self._server_closed()
 
     def _server_closed(self) -> None:
         if self._proto.state is not State.STOPPED:
@@ -343,32 +753,29 @@ class SimulatedCaller:
         audio = await self._prepare_audio()
         if audio is None:
             return result
-        headers = [(b"X-Twilio-Signature", self.signature.encode())] if self.signature else None
+        headers = [(b"X-Twilio-Signature", self.signature.encode())] if self.signature else []
         started = trio.current_time()
         with trio.move_on_after(self.call_timeout) as timeout_scope:
+            ws: _WebSocket | None = None
             try:
-                async with open_websocket_url(
-                    self.url,
-                    extra_headers=headers,
-                    connect_timeout=self.connect_timeout,
-                    disconnect_timeout=2.0,
-                    max_message_size=1024 * 1024,
-                ) as ws:
+                with trio.fail_after(self.connect_timeout):
+                    ws = await _WebSocket.connect(self.url, headers, stream_conn=self._use_stream_conn)
+            except _ConnectError as exc:
+                result.errors.append(str(exc))
+            except trio.TooSlowError:
+                result.errors.append("handshake failed: ConnectionTimeout")
+            except OSError as exc:
+                result.errors.append(f"connect failed: {exc!r}")
+            if ws is not None:
+                try:
                     self._ws = ws
                     result.connected = True
                     await self._call(ws, audio)
-            except HandshakeError as exc:  # ConnectionRejected, ConnectionTimeout
-                status = getattr(exc, "status_code", None)
-                result.errors.append(f"handshake failed: {type(exc).__name__}" + (f" {status}" if status else ""))
-            except ConnectionClosed:
-                if result.connected:
-                    self._server_closed()
-                else:
-                    result.errors.append("connect failed: connection closed during the handshake")
-            except OSError as exc:
-                result.errors.append(f"connect failed: {exc!r}")
-            except trio.TooSlowError as exc:
-                result.errors.append(f"connect failed: {exc!r}")
+                    if ws.too_big:
+                        result.errors.append(f"engine message over {ws.max_message_size} bytes")
+                    await ws.close(_DISCONNECT_TIMEOUT_S)
+                finally:
+                    await ws.aclose()
         if timeout_scope.cancelled_caught:
             result.errors.append(f"call timed out after {self.call_timeout:.1f} s")
         result.duration_ms = (trio.current_time() - started) * 1000.0
@@ -397,33 +804,38 @@ class SimulatedCaller:
                     return None
         return audio
 
-    async def _call(self, ws, audio: dict[int, bytes]) -> None:
-        await ws.send_message(self._proto.connected())
-        await ws.send_message(self._proto.start(self.custom_parameters))
+    async def _call(self, ws: _WebSocket, audio: dict[int, bytes]) -> None:
+        self._write(self._proto.connected())
+        self._write(self._proto.start(self.custom_parameters))
         self._t0 = trio.current_time()
         async with trio.open_nursery() as nursery:
             self._cancel = nursery.cancel_scope
             nursery.start_soon(self._clock)
             nursery.start_soon(self._receiver)
             nursery.start_soon(self._run_script, audio)
+            nursery.start_soon(ws.conn.flush_forever)
 
     # -------------------------------------------------------------- clock task
 
     async def _clock(self) -> None:
         """The 20 ms tick: one inbound frame out, one outbound frame played."""
+        result = self.result
+        proto = self._proto
+        t0 = self._t0
         tick = 0
         while True:
-            deadline = self._t0 + tick * FRAME_S
+            deadline = t0 + tick * FRAME_S
             await trio.sleep_until(deadline)
-            if trio.current_time() - deadline > _LATE_S:
-                self.result.late_frames += 1
-            now_ms = tick * FRAME_S * 1000.0  # this tick's nominal stream time
-            frame = self._next_speech_frame(now_ms)
-            stamp = tick * 20
-            await self._send(lambda f=frame, ts=stamp: self._inbound_media(f, ts))
-            for name in self._play_tick(self._now_ms()):
-                await self._send(lambda n=name: self._echo(n))
-            self._notify()
+            now = trio.current_time()
+            if now - deadline > _LATE_S:
+                result.late_frames += 1
+            frame = self._next_speech_frame(tick * FRAME_S * 1000.0)  # this tick's nominal stream time
+            if proto.state is State.STREAMING:
+                result.frames_sent += 1
+                self._write(proto.media(frame, tick * 20))
+            for name in self._play_tick((now - t0) * 1000.0):
+                self._write(self._echo(name))
+            self._check_waiter()
             tick += 1
 
     def _next_speech_frame(self, now_ms: float) -> bytes:
@@ -444,14 +856,8 @@ class SimulatedCaller:
         self._speech_pos = pos + 1
         if self._speech_pos >= len(self._speech):
             self._speaking_turn = None
-            self._speech = []
+            self._speech = ()
         return frame
-
-    def _inbound_media(self, frame: bytes, stamp_ms: int) -> str | None:
-        if self._proto.state is not State.STREAMING:
-            return None
-        self.result.frames_sent += 1
-        return self._proto.media(frame, stamp_ms)
 
     def _echo(self, name: str) -> str | None:
         if self._proto.state is not State.STREAMING:
@@ -495,42 +901,48 @@ class SimulatedCaller:
 
     async def _receiver(self) -> None:
         """The socket's only reader: audio and marks into playback; clear."""
-        result = self.result
-        pb = self._playback
+        ws = self._ws
+        assert ws is not None  # set before the tasks start
         while True:
-            try:
-                text = await self._ws.get_message()
-            except ConnectionClosed:
+            messages = await ws.receive()
+            if messages:
+                now_ms = self._now_ms()
+                for text in messages:
+                    self._on_message(text, now_ms)
+                self._check_waiter()
+            if ws.closed:
                 self._server_closed()
                 return
-            now_ms = self._now_ms()
-            for event in self._proto.receive(text):
-                if isinstance(event, Media):
-                    if result.greeting_first_frame_ms is None:
-                        result.greeting_first_frame_ms = now_ms
-                    turn = result.turns[-1] if result.turns else None
-                    if (
-                        turn is not None
-                        and turn.reply_first_frame_ms is None
-                        and turn.speech_end_ms is not None
-                        and now_ms >= turn.speech_end_ms
-                    ):
-                        turn.reply_first_frame_ms = now_ms
-                    pb.items.append(event.payload)
-                    pb.audio_bytes += len(event.payload)
-                    result.received_bytes += len(event.payload)
-                    if self.keep_audio:
-                        result.received_audio += event.payload
-                elif isinstance(event, Mark):
-                    result.marks_received += 1
-                    pb.items.append(event)
-                elif isinstance(event, Clear):
-                    await self._on_clear(now_ms)
-                elif isinstance(event, ProtocolViolation):
-                    pass  # counted in self._proto.violations; dropped as Twilio would
-            self._notify()
 
-    async def _on_clear(self, now_ms: float) -> None:
+    def _on_message(self, text: str | bytes, now_ms: float) -> None:
+        result = self.result
+        pb = self._playback
+        for event in self._proto.receive(text):
+            if isinstance(event, Media):
+                if result.greeting_first_frame_ms is None:
+                    result.greeting_first_frame_ms = now_ms
+                turn = result.turns[-1] if result.turns else None
+                if (
+                    turn is not None
+                    and turn.reply_first_frame_ms is None
+                    and turn.speech_end_ms is not None
+                    and now_ms >= turn.speech_end_ms
+                ):
+                    turn.reply_first_frame_ms = now_ms
+                pb.items.append(event.payload)
+                pb.audio_bytes += len(event.payload)
+                result.received_bytes += len(event.payload)
+                if self.keep_audio:
+                    result.received_audio += event.payload
+            elif isinstance(event, Mark):
+                result.marks_received += 1
+                pb.items.append(event)
+            elif isinstance(event, Clear):
+                self._on_clear(now_ms)
+            elif isinstance(event, ProtocolViolation):
+                pass  # counted in self._proto.violations; dropped as Twilio would
+
+    def _on_clear(self, now_ms: float) -> None:
         pb = self._playback
         self.result.clears_received.append(now_ms)
         pending = [item.name for item in pb.items if isinstance(item, Mark)]
@@ -544,7 +956,7 @@ class SimulatedCaller:
                     turn.clear_ms = now_ms - turn.speech_start_ms
                 break
         for name in pending:
-            await self._send(lambda n=name: self._echo(n))
+            self._write(self._echo(name))
 
     # -------------------------------------------------------------- script task
 
@@ -561,9 +973,8 @@ class SimulatedCaller:
     async def _speak(self, index: int, label: str, audio: bytes, barge_in: bool) -> None:
         turn = Turn(index=len(self.result.turns) + 1, label=label, barge_in=barge_in)
         self.result.turns.append(turn)
-        line = frames(audio, FRAME_BYTES)
-        voiced = [i for i, f in enumerate(line) if rms_pcm16(ulaw_decode(f)) >= _VOICED_RMS]
-        self._voiced = (voiced[0], voiced[-1]) if voiced else (0, len(line) - 1)
+        line, first, last = _line_frames(audio)
+        self._voiced = (first, last)
         self._speech, self._speech_pos = line, 0
         self._speaking_turn = turn
         await self._wait_until(lambda: self._speaking_turn is not turn, math.inf)
@@ -597,10 +1008,11 @@ class SimulatedCaller:
                 await trio.sleep(step.after_ms / 1000.0)
                 await self._speak(i, step.text or f"<audio {len(step.audio) / 8000:.2f} s>", audio[i], True)
             elif isinstance(step, PressKey):
-                await self._send(lambda d=step.digit: self._proto.dtmf(d))
+                self._write(self._proto.dtmf(step.digit))
                 result.dtmf_sent += 1
-        # hang up: stop goes out under the send lock, so after any frame in flight
-        await self._send(lambda: self._proto.stop() if self._proto.state is State.STREAMING else None)
+        # hang up: stop is serialized and written in one step, so after every frame sent
+        if self._proto.state is State.STREAMING:
+            self._write(self._proto.stop())
         if self._cancel is not None:
             self._cancel.cancel()
 
