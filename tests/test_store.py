@@ -612,3 +612,30 @@ def test_durable_writer_sets_aside_a_record_the_store_refuses(tmp_path: Path) ->
         assert "no such table" in rejected and "CA1" in rejected
     finally:
         unmigrated.close()
+
+
+
+def test_opening_a_new_sqlite_file_waits_for_another_process_lock(tmp_path: Path) -> None:
+    """`serve --workers N` opens one new SQLite file from N processes at once.
+    SQLite answers the switch to WAL with "database is locked" at once (no busy
+    handler) while another connection holds the file: the store must wait for
+    it (up to its timeout), not fail to start."""
+    db = tmp_path / "shared.db"
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO t VALUES (1)")
+    release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        t0 = time.monotonic()
+        store = SqliteStore(db, timeout=5.0)
+        waited = time.monotonic() - t0
+        store.migrate()
+        assert store.applied_migrations()
+        assert store._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+        assert waited >= 0.4  # it did wait for the other connection
+        store.close()
+    finally:
+        release.join()
+        holder.close()

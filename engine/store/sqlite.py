@@ -321,12 +321,30 @@ class SqliteStore(Store):
             self._conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
             self._conn.row_factory = sqlite3.Row
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._set_wal(timeout)
             if self.path != ":memory:" and str(mode).lower() != "wal":
                 log.warning("sqlite WAL mode unavailable", extra={"path": self.path, "journal_mode": mode})
             self._conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+
+    def _set_wal(self, timeout: float) -> str:
+        """``PRAGMA journal_mode = WAL``, retried while another process holds the file.
+
+        Why a retry loop: SQLite answers a journal-mode change on a busy file
+        with "database is locked" at once, without its busy handler, so two
+        worker processes (``--workers 2``) opening a new database together would
+        fail to start. Retries for up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            try:
+                return self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r})"
