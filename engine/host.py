@@ -313,19 +313,18 @@ async def _serve_media(sock: MediaSocket, runtime: Runtime, settings: Settings) 
             await _play_apology(sock, stream, runtime.apology_audio(info.business_id))
     finally:
         with trio.CancelScope(shield=True):
-            leftover = runtime.live.get(info.call_sid) if info is not None else None
-            if leftover is not None and (leftover.info is not info or leftover.ended.is_set()):
-                leftover = None  # another socket's call, or ours has ended
-            if leftover is not None:
+            live = runtime.live.get(info.call_sid) if info is not None else None
+            if live is not None and live.info is info and not live.ended.is_set():
                 # Only when this handler is cancelled (server shutdown) or failed
                 # while its tree lives: the transport must not use the socket
                 # after its owner left.
                 sock.detach()
-                leftover.tree.request_stop()
+                live.tree.request_stop()
                 with trio.move_on_after(TREE_STOP_TIMEOUT_S):
-                    await leftover.ended.wait()
-            if leftover is None or leftover.ended.is_set():
-                await sock.close()
+                    await live.ended.wait()
+                if not live.ended.is_set():
+                    return  # the tree outlived its bound: leave the socket to the server
+            await sock.close()
 
 
 async def _await_start(
