@@ -80,7 +80,7 @@ import ssl
 import struct
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Mapping, Protocol, Sequence, Union
+from typing import Callable, Mapping, Sequence, Union
 from urllib.parse import urlsplit
 
 import trio
@@ -263,29 +263,52 @@ def new_stream_sid() -> str:
 # ------------------------------------------------------------------ the WebSocket
 
 
-class _Conn(Protocol):
+class _Conn:
     """A byte pipe under one :class:`_WebSocket` (plain socket or TLS stream).
 
-    ``write`` never blocks and never raises: what cannot go out now is queued in
-    order behind earlier bytes, and a dead connection sets ``broken`` (later
-    writes are dropped). ``receive_some`` returns ``b""`` at end of stream or on
-    a reset. One task reads; ``drain`` runs in one task at a time.
+    ``write`` never blocks and never raises: what cannot go out now waits in
+    order in ``_backlog`` behind earlier bytes, for the flusher task
+    (``flush_forever``), which sleeps until there is some; a dead connection
+    sets ``broken`` (later writes are dropped). ``receive_some`` returns ``b""``
+    at end of stream or on a reset. One task reads; ``drain`` runs in one task
+    at a time.
     """
 
-    broken: bool
+    __slots__ = ("_backlog", "_wake", "broken")
 
-    def write(self, data: bytes) -> None: ...
+    def __init__(self) -> None:
+        self._backlog = bytearray()
+        self._wake: trio.Event | None = None
+        self.broken = False
 
-    async def receive_some(self) -> bytes: ...
+    def _queue(self, data: bytes) -> None:
+        self._backlog += data
+        if self._wake is not None:
+            self._wake.set()
 
-    async def drain(self) -> None: ...
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
 
-    async def flush_forever(self) -> None: ...
+    async def drain(self) -> None:
+        raise NotImplementedError
 
-    async def aclose(self) -> None: ...
+    async def receive_some(self) -> bytes:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def flush_forever(self) -> None:
+        """The flusher task: asleep until a write left bytes in the backlog."""
+        while not self.broken:
+            if not self._backlog:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                self._wake = None
+            await self.drain()
 
 
-class _SocketConn:
+class _SocketConn(_Conn):
     """A plain TCP connection on a non-blocking stdlib socket, waited on with
     ``trio.lowlevel.wait_readable``/``wait_writable`` (the load tester's path).
 
@@ -295,14 +318,12 @@ class _SocketConn:
     ``send``; a read is one wake-up and one ``recv``.
     """
 
-    __slots__ = ("_sock", "_backlog", "_wake", "broken")
+    __slots__ = ("_sock",)
 
     def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
         sock.setblocking(False)
         self._sock = sock
-        self._backlog = bytearray()
-        self._wake: trio.Event | None = None
-        self.broken = False
 
     @classmethod
     async def connect(cls, host: str, port: int) -> "_SocketConn":
@@ -323,9 +344,7 @@ class _SocketConn:
             if sent == len(data):
                 return
             data = data[sent:]
-        self._backlog += data
-        if self._wake is not None:
-            self._wake.set()
+        self._queue(data)
 
     async def drain(self) -> None:
         """Write the backlog as the socket accepts it (returns at once when empty)."""
@@ -339,17 +358,6 @@ class _SocketConn:
                 self.broken = True
                 return
             del self._backlog[:sent]
-
-    async def flush_forever(self) -> None:
-        """The flusher task: asleep until a write found the kernel's buffer full."""
-        while True:
-            if not self._backlog:
-                self._wake = trio.Event()
-                await self._wake.wait()
-                self._wake = None
-            await self.drain()
-            if self.broken:
-                return
 
     async def receive_some(self) -> bytes:
         while True:
@@ -367,16 +375,14 @@ class _SocketConn:
         self.broken = True
 
 
-class _StreamConn:
+class _StreamConn(_Conn):
     """Any trio stream (TLS for ``wss://``); writes are queued and sent by the flusher."""
 
-    __slots__ = ("_stream", "_backlog", "_wake", "broken")
+    __slots__ = ("_stream",)
 
     def __init__(self, stream: trio.abc.Stream) -> None:
+        super().__init__()
         self._stream = stream
-        self._backlog = bytearray()
-        self._wake: trio.Event | None = None
-        self.broken = False
 
     @classmethod
     async def connect(cls, host: str, port: int) -> "_StreamConn":
@@ -386,11 +392,8 @@ class _StreamConn:
         return cls(stream)
 
     def write(self, data: bytes) -> None:
-        if self.broken:
-            return
-        self._backlog += data
-        if self._wake is not None:
-            self._wake.set()
+        if not self.broken:
+            self._queue(data)
 
     async def drain(self) -> None:
         """Send the backlog. Each ``send_all`` is shielded (bounded by
@@ -407,14 +410,6 @@ class _StreamConn:
                     self.broken = True
             if scope.cancelled_caught:
                 self.broken = True
-
-    async def flush_forever(self) -> None:
-        while not self.broken:
-            if not self._backlog:
-                self._wake = trio.Event()
-                await self._wake.wait()
-                self._wake = None
-            await self.drain()
 
     async def receive_some(self) -> bytes:
         try:
