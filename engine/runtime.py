@@ -2,7 +2,8 @@
 
 Owned here, one of each per process: the settings and business profiles, the
 providers (one STT, TTS and LLM object each, plus the fallback recognizer), the
-pre-synthesized greetings and apologies, the store, the metrics, and the root
+silero VAD model (one ONNX session; each call's detector keeps only its state),
+the pre-synthesized greetings and apologies, the store, the metrics, and the root
 supervision tree::
 
     engine  (Supervisor, one_for_one)
