@@ -138,10 +138,49 @@ class TrioActor:
       timeout.
     - An exception from any method or from a task in ``self.nursery`` fails the
       actor; the supervisor decides what happens next.
+
+    Inline delivery (opt-in). A stage on the 20 ms path whose handling never
+    waits can define ``receive_inline(msg)`` (synchronous) and set ``inline =
+    True`` (on the class, or per instance at any time). ``deliver`` then calls
+    ``receive_inline`` directly, in the sender's task, instead of queueing the
+    message for the actor's own task. Why: a message through the mailbox wakes
+    the actor's task, which trio must then schedule, once per message per stage;
+    at 50 calls these task switches are a large share of the trio thread, and
+    DESIGN.md measured 200 calls once the per-frame stages are plain calls
+    inside one task. What still holds:
+    - Order and one-at-a-time: a message goes inline only while the actor is
+      running (``on_start`` done, not stopping, not failed) and nothing it was
+      given earlier is still unhandled (queued before it was running, queued
+      while ``inline`` was off, or the message being handled when a re-entrant
+      send comes back to it); otherwise it is queued, and the default ``run``
+      hands it to ``receive``, which by default calls ``receive_inline``.
+      Inline delivery needs that default loop: it counts queued messages down.
+      A subclass's own ``run`` must end in ``await super().run()`` (as the
+      transport's does) or leave ``inline`` off; otherwise, once one message
+      has been queued, nothing more goes inline.
+    - ``handled`` counts messages handled either way.
+    - Failure isolation: an exception from ``receive_inline`` run inline fails
+      this actor exactly as one from ``receive`` would (the supervisor sees it
+      exit with that error and applies its restart policy) and never reaches the
+      sender, which is another actor. From then on nothing is handled inline;
+      later messages are lost as for any failed actor until the supervisor marks
+      the slot stopped, after which the slot buffers them for the restart.
+      ``BaseException`` other than ``KeyboardInterrupt`` (e.g. a ``Cancelled``
+      that cannot legitimately come out of synchronous code, ``SystemExit``) is
+      a failure of this actor too, reported as ``ActorFailed``;
+      ``KeyboardInterrupt`` is the process being interrupted, not a fault of
+      this actor, and is re-raised in the sender's task as it would have been
+      in the actor's own.
+    - ``receive_inline`` runs on the trio thread inside some other task, so it
+      must not await (it cannot) and must stay short; ``self.ctx`` and
+      ``self.nursery`` (to start tasks that belong to this actor) work as in
+      ``receive``.
     """
 
     kind = "trio"
     mailbox_size = 512
+    #: Deliver to ``receive_inline`` in the sender's task (see class docstring).
+    inline = False
 
     ctx: ActorContext
     nursery: trio.Nursery
@@ -151,6 +190,14 @@ class TrioActor:
         self._recv: trio.MemoryReceiveChannel[Any] | None = None
         self.handled = 0
         self.dropped = 0
+        # Inline delivery state (trio thread only). ``_inline_open``: running,
+        # defines receive_inline, not stopping or failed. ``_pending``: messages
+        # accepted but not yet fully handled (queued ones until ``run`` has handled
+        # them; an inline one while its handler runs). ``_failure``: what
+        # receive_inline raised inline, for the supervisor to report.
+        self._inline_open = False
+        self._pending = 0
+        self._failure: BaseException | None = None
 
     # ---- overridable ---------------------------------------------------------------
 
@@ -158,7 +205,15 @@ class TrioActor:
         """Prepare. Runs before the actor is reported ready."""
 
     async def receive(self, msg: Any) -> None:
-        """Handle one message."""
+        """Handle one message from the mailbox. By default: ``receive_inline``."""
+        self.receive_inline(msg)
+
+    def receive_inline(self, msg: Any) -> None:
+        """Handle one message synchronously (inline actors; see class docstring).
+
+        Runs either in the sender's task (inline) or in this actor's task (via
+        ``receive`` when the message was queued). By default ignores ``msg``.
+        """
 
     async def on_stop(self) -> None:
         """Release what the actor owns. Shielded and time-bounded."""
@@ -169,23 +224,71 @@ class TrioActor:
         async for msg in self._recv:
             await self.receive(msg)
             self.handled += 1
+            self._pending -= 1
 
     # ---- used by the supervisor --------------------------------------------------------
 
     def _open_mailbox(self) -> None:
         self._send, self._recv = trio.open_memory_channel(self.mailbox_size)
+        self._inline_open = False
+        self._pending = 0
+        self._failure = None
+
+    def _open_inline(self) -> None:
+        """The actor is running (``on_start`` done): inline delivery may begin."""
+        self._inline_open = type(self).receive_inline is not TrioActor.receive_inline
+
+    def _close_inline(self) -> None:
+        """The actor is stopping: nothing more is handled inline (idempotent)."""
+        self._inline_open = False
 
     def deliver(self, msg: Any) -> bool:
-        """Put ``msg`` in the mailbox (trio thread). False when full (counted)."""
+        """Hand ``msg`` to the actor (trio thread). False when refused.
+
+        Inline (see class docstring) when possible: ``receive_inline`` has run
+        when this returns, and its failure fails this actor, never the caller.
+        Otherwise into the mailbox: False when full (counted in ``dropped``) or
+        closed.
+        """
+        if self.inline and self._inline_open and not self._pending:
+            self._pending = 1  # a re-entrant send to this actor queues behind this one
+            try:
+                self.receive_inline(msg)
+            except KeyboardInterrupt:
+                self._pending -= 1
+                raise
+            except BaseException as exc:  # noqa: BLE001 - fails this actor, see class docstring
+                self._fail_inline(exc)
+                return True
+            self._pending -= 1
+            self.handled += 1
+            return True
         assert self._send is not None
         try:
             self._send.send_nowait(msg)
-            return True
         except trio.WouldBlock:
             self.dropped += 1
             return False
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return False
+        self._pending += 1
+        return True
+
+    def _fail_inline(self, exc: BaseException) -> None:
+        """Fail this actor with ``exc`` from an inline ``receive_inline``.
+
+        Runs in the sender's task: record the error, stop inline delivery, and
+        cancel the actor's nursery; the supervisor's runner then reports the
+        recorded error as this actor's exit (``_run_trio_child``).
+        """
+        if not isinstance(exc, Exception):
+            failure: BaseException = ActorFailed(f"{type(exc).__name__}: {exc}")
+            failure.__cause__ = exc
+            exc = failure
+        self._inline_open = False
+        if self._failure is None:
+            self._failure = exc
+        self.nursery.cancel_scope.cancel()
 
     def mailbox_depth(self) -> int:
         if self._send is None:
@@ -194,6 +297,7 @@ class TrioActor:
 
     def stop_self(self) -> None:
         """End the actor normally (a ``transient`` child is then not restarted)."""
+        self._inline_open = False
         self.nursery.cancel_scope.cancel()
 
 

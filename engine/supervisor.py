@@ -243,7 +243,9 @@ class Supervisor(TrioActor):
 
         Buffered (bounded, oldest dropped and counted) while that slot has no
         running child. Messages for an unknown role are counted as overflow of a
-        pseudo-slot and dropped: a typo must not crash a call.
+        pseudo-slot and dropped: a typo must not crash a call. A running trio
+        child with inline delivery (``TrioActor.inline``) has handled ``msg``
+        when this returns; its failure fails that child, never the caller.
         """
         slot = self._slots.get(role)
         if slot is None:
@@ -501,12 +503,18 @@ class Supervisor(TrioActor):
                     async with trio.open_nursery() as nursery:
                         actor.nursery = nursery
                         await actor.on_start()
+                        actor._open_inline()
                         ctx.report_ready()
                         await actor.run()
                         nursery.cancel_scope.cancel()
                 except* Exception as group:  # reported to the supervisor; Cancelled passes
                     error = _unwrap(group)
                 finally:
+                    actor._close_inline()
+                    # A failure of receive_inline, run in a sender's task, cancelled
+                    # this nursery and was recorded on the actor: it is the cause.
+                    if actor._failure is not None:
+                        error = actor._failure
                     with trio.CancelScope(shield=True):
                         with trio.move_on_after(slot.spec.shutdown):
                             try:
@@ -662,6 +670,7 @@ class Supervisor(TrioActor):
         """Stop the slot's running child within its shutdown bound."""
         slot.stop_requested = True
         if slot.actor is not None and slot.cancel_scope is not None:
+            slot.actor._close_inline()  # no inline handling while it stops (e.g. in on_stop)
             slot.cancel_scope.cancel()
         elif slot.ref is not None:
             try:

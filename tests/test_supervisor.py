@@ -697,6 +697,284 @@ async def test_messages_sent_during_start_arrive_after_ready(autojump_clock: Any
         sup.request_stop()
 
 
+# ---------------------------------------------------------------- inline delivery (TrioActor.inline)
+
+
+class Inline(TrioActor):
+    """An inline trio actor: records ``(task, msg)``; ``"fail"`` raises, ``"boom"``
+    raises ``boom``, ``"echo"`` sends ``"echoed"`` to its own role, ``"exit"`` ends it."""
+
+    inline = True
+
+    def __init__(self, log: Log, role: str, calls: list[Any], *, boom: BaseException | None = None) -> None:
+        super().__init__()
+        self.log = log
+        self.role = role
+        self.calls = calls  # shared across incarnations: (generation, task, msg)
+        self.boom = boom
+
+    async def on_start(self) -> None:
+        self.log.add("start", self.role)
+
+    def receive_inline(self, msg: Any) -> None:
+        self.calls.append((self.ctx.generation, trio.lowlevel.current_task(), msg))
+        if msg == "fail":
+            raise RuntimeError(f"{self.role} asked to fail")
+        if msg == "boom":
+            assert self.boom is not None
+            raise self.boom
+        if msg == "echo":
+            self.ctx.send(self.role, "echoed")  # re-entrant: must queue behind this one
+            self.calls.append((self.ctx.generation, trio.lowlevel.current_task(), "echo done"))
+        if msg == "exit":
+            self.stop_self()
+
+    async def on_stop(self) -> None:
+        self.log.add("stop", self.role)
+
+
+class Forwarder(Recorded):
+    """A mailbox actor that forwards every message to role ``to`` and records it."""
+
+    def __init__(self, log: Log, role: str, to: str, got: list[Any]) -> None:
+        super().__init__(log, role, got=got)
+        self.to = to
+
+    async def receive(self, msg: Any) -> None:
+        self.ctx.send(self.to, msg)  # must never raise, whatever the inline actor does
+        self.got.append(msg)
+
+
+def msgs(calls: list[tuple[int, Any, Any]]) -> list[Any]:
+    return [m for _, _, m in calls]
+
+
+async def test_inline_delivery_is_handled_before_tell_role_returns(autojump_clock: Any) -> None:
+    log = Log()
+    calls: list[Any] = []
+    sup = Supervisor("t", [ChildSpec("dec", lambda ctx: Inline(log, "dec", calls))])
+    async with trio.open_nursery() as n:
+        await n.start(run_root, sup)
+        me = trio.lowlevel.current_task()
+        for i in range(3):
+            sup.tell_role("dec", i)
+            # Handled synchronously, in this (the sender's) task: no task switch.
+            assert calls[-1] == (1, me, i)
+        actor = sup.child("dec")
+        assert isinstance(actor, Inline)
+        assert actor.deliver(3) is True and msgs(calls) == [0, 1, 2, 3]
+        snap = child_snap(sup, "dec")
+        assert snap["handled"] == 4
+        assert snap["mailbox_depth"] == 0
+
+        # Switched off per instance at run time: through the mailbox and the
+        # actor's own task, still via receive_inline, still counted.
+        actor.inline = False
+        sup.tell_role("dec", 4)
+        assert msgs(calls) == [0, 1, 2, 3]
+        await settle()
+        assert calls[-1][2] == 4 and calls[-1][1] is not me
+        actor.inline = True
+        sup.tell_role("dec", 5)
+        assert calls[-1] == (1, me, 5)
+        assert child_snap(sup, "dec")["handled"] == 6
+        sup.request_stop()
+
+
+async def test_inline_keeps_order_behind_queued_and_reentrant_messages(autojump_clock: Any) -> None:
+    log = Log()
+    calls: list[Any] = []
+    sup = Supervisor("t", [ChildSpec("dec", lambda ctx: Inline(log, "dec", calls))])
+    async with trio.open_nursery() as n:
+        await n.start(run_root, sup)
+        actor = sup.child("dec")
+        assert isinstance(actor, Inline)
+        actor.inline = False
+        for i in range(3):
+            sup.tell_role("dec", i)  # queued in the mailbox
+        actor.inline = True
+        for i in range(3, 6):
+            sup.tell_role("dec", i)  # must queue behind 0..2, not overtake them
+        assert calls == []
+        await settle()
+        assert msgs(calls) == [0, 1, 2, 3, 4, 5]
+        sup.tell_role("dec", 6)  # mailbox drained: inline again
+        assert msgs(calls)[-1] == 6
+
+        # A message the actor sends itself while handling one inline is handled
+        # after that one ends (never nested), and before anything sent later.
+        calls.clear()
+        sup.tell_role("dec", "echo")
+        sup.tell_role("dec", "after")
+        assert msgs(calls) == ["echo", "echo done"]
+        await settle()
+        assert msgs(calls) == ["echo", "echo done", "echoed", "after"]
+        sup.tell_role("dec", "inline again")
+        assert msgs(calls)[-1] == "inline again"
+        assert child_snap(sup, "dec")["handled"] == 7 + 4
+        sup.request_stop()
+
+
+async def test_inline_messages_sent_during_start_keep_their_order(autojump_clock: Any) -> None:
+    calls: list[Any] = []
+
+    class SlowInline(Inline):
+        async def on_start(self) -> None:
+            await trio.sleep(1)
+
+    sup = Supervisor("t", [ChildSpec("slow", lambda ctx: SlowInline(Log(), "slow", calls))])
+    async with trio.open_nursery() as n:
+        n.start_soon(run_root, sup)
+        await trio.sleep(0.5)
+        assert child_snap(sup, "slow")["status"] == "starting"
+        actor = sup.child("slow")
+        assert isinstance(actor, SlowInline)
+        for i in range(3):
+            assert actor.deliver(i)  # straight into the mailbox: not running yet
+        for i in range(3, 5):
+            sup.tell_role("slow", i)  # buffered by the slot until ready
+        assert calls == []
+        await trio.sleep(1)
+        assert msgs(calls) == [0, 1, 2, 3, 4]
+        sup.tell_role("slow", 5)
+        assert msgs(calls) == [0, 1, 2, 3, 4, 5]  # inline once the mailbox is empty
+        assert child_snap(sup, "slow")["handled"] == 6
+        sup.request_stop()
+
+
+async def test_inline_failure_restarts_that_actor_and_spares_the_sender(autojump_clock: Any) -> None:
+    log = Log()
+    calls: list[Any] = []
+    forwarded: list[Any] = []
+    sup = Supervisor(
+        "t",
+        [
+            ChildSpec("dec", lambda ctx: Inline(log, "dec", calls), backoff=Backoff(1.0, 1.0, 0.0)),
+            ChildSpec("transport", lambda ctx: Forwarder(log, "transport", "dec", forwarded)),
+        ],
+    )
+    async with trio.open_nursery() as n:
+        await n.start(run_root, sup)
+        sender = sup.child("transport")
+        sup.tell_role("transport", "a")
+        sup.tell_role("transport", "fail")  # the sender's receive delivers it inline
+        sup.tell_role("transport", "lost")  # reaches the failed incarnation: not handled
+        await settle()
+        assert [(g, m) for g, _, m in calls] == [(1, "a"), (1, "fail")]
+        snap = child_snap(sup, "dec")
+        assert snap["status"] == "backoff"
+        assert snap["restarts"] == 1
+        assert snap["last_error"] == "RuntimeError: dec asked to fail"
+        assert log.of("stop", "dec")  # on_stop ran for the failed incarnation
+        # The sender was untouched: same incarnation, no error, still handling.
+        assert sup.child("transport") is sender
+        assert child_snap(sup, "transport")["restarts"] == 0
+        assert not log.of("stop", "transport")
+        assert forwarded == ["a", "fail", "lost"]
+
+        sup.tell_role("transport", "buffered")  # slot stopped: buffered for the restart
+        await trio.sleep(1.5)
+        assert len(log.of("start", "dec")) == 2
+        assert [(g, m) for g, _, m in calls][2:] == [(2, "buffered")]
+        sup.tell_role("dec", "b")
+        assert calls[-1] == (2, trio.lowlevel.current_task(), "b")  # inline again
+        assert child_snap(sup, "dec")["handled"] == 3  # a, buffered, b: a failure is not "handled", as via receive
+        sup.request_stop()
+
+
+async def test_inline_failure_follows_the_restart_type(autojump_clock: Any) -> None:
+    log = Log()
+    calls: list[Any] = []
+    sup = Supervisor(
+        "t",
+        [
+            ChildSpec("temp", lambda ctx: Inline(log, "temp", calls), restart=Restart.TEMPORARY),
+            ChildSpec("trans", lambda ctx: Inline(log, "trans", calls), restart=Restart.TRANSIENT),
+        ],
+    )
+    async with trio.open_nursery() as n:
+        await n.start(run_root, sup)
+        sup.tell_role("temp", "fail")
+        sup.tell_role("trans", "exit")  # stop_self from receive_inline: a normal exit
+        await trio.sleep(5)
+        assert len(log.of("start", "temp")) == 1  # temporary: never restarted
+        assert "temp" not in sup.roles()
+        assert len(log.of("start", "trans")) == 1  # transient, normal exit: not restarted
+        assert child_snap(sup, "trans")["status"] == "stopped"
+        assert sup.total_restarts == 0
+        sup.tell_role("trans", "x")
+        sup.request_stop()
+    assert msgs(calls) == ["fail", "exit"]
+
+
+async def test_inline_base_exceptions(autojump_clock: Any) -> None:
+    log = Log()
+    calls: list[Any] = []
+    booms: dict[str, BaseException] = {"boom": Boom("ctrl-c-like"), "ki": KeyboardInterrupt()}
+    sup = Supervisor(
+        "t",
+        [
+            ChildSpec("boom", lambda ctx: Inline(log, "boom", calls, boom=booms["boom"]), backoff=Backoff(0.1, 0.1, 0.0)),
+            ChildSpec("ki", lambda ctx: Inline(log, "ki", calls, boom=booms["ki"])),
+        ],
+    )
+    async with trio.open_nursery() as n:
+        await n.start(run_root, sup)
+        # A non-Exception fails only that actor (as ActorFailed), never the sender.
+        sup.tell_role("boom", "boom")
+        await trio.sleep(1)
+        snap = child_snap(sup, "boom")
+        assert snap["restarts"] == 1 and snap["status"] == "running"
+        assert snap["last_error"] == "ActorFailed: Boom: ctrl-c-like"
+        # KeyboardInterrupt is the process being interrupted: re-raised to the
+        # sender, not swallowed, and not counted as this actor's failure.
+        with pytest.raises(KeyboardInterrupt):
+            sup.tell_role("ki", "boom")
+        await settle()
+        assert child_snap(sup, "ki")["restarts"] == 0
+        sup.tell_role("ki", "after")
+        assert msgs(calls)[-1] == "after"
+        sup.request_stop()
+
+
+async def test_no_inline_handling_once_the_actor_is_stopping(autojump_clock: Any) -> None:
+    calls: list[Any] = []
+    stopping = trio.Event()
+
+    class SlowStop(Inline):
+        async def on_start(self) -> None:
+            if self.ctx.generation == 1:
+                self.nursery.start_soon(self._die)
+
+        async def _die(self) -> None:
+            await trio.sleep(1)
+            raise RuntimeError("a task of the actor failed")
+
+        async def on_stop(self) -> None:
+            stopping.set()
+            await trio.sleep(1)  # within the 2 s shutdown bound
+
+    sup = Supervisor("t", [ChildSpec("dec", lambda ctx: SlowStop(Log(), "dec", calls), backoff=Backoff(0.1, 0.1, 0.0))])
+    async with trio.open_nursery() as n:
+        await n.start(run_root, sup)
+        sup.tell_role("dec", 1)
+        # Failing on its own: on_stop runs while the slot still reads "running".
+        await stopping.wait()
+        sup.tell_role("dec", 2)
+        assert msgs(calls) == [1]
+        await trio.sleep(2)
+        assert child_snap(sup, "dec")["restarts"] == 1
+        sup.tell_role("dec", 3)
+        assert msgs(calls) == [1, 3]
+        # Stopped by its supervisor: likewise.
+        stopping = trio.Event()
+        sup.request_stop()
+        await stopping.wait()
+        sup.tell_role("dec", 4)
+        await sup.wait_finished()
+    assert msgs(calls) == [1, 3]
+
+
 # ---------------------------------------------------------------- pykka children (real clock)
 
 
