@@ -5,9 +5,12 @@ little-endian, mono). Nothing keeps state between calls except read-only lookup
 tables built at import time, so every function is safe to call from any trio task
 or pykka thread concurrently.
 
-Why lookup tables: the 20 ms path decodes 160 bytes per frame per call; a 256-entry
-``int16`` table indexed by the μ-law bytes (``ULAW_TO_PCM16[np.frombuffer(..)]``)
-is one numpy gather, about 1 µs a frame. Encoding uses a 65536-entry ``uint8`` table
+Why lookup tables: the 20 ms path decodes 160 bytes per frame per call. Decoding
+splits the 256-entry ``int16`` table into two 256-byte tables (the low and the high
+byte of each little-endian sample) and runs ``bytes.translate`` once with each,
+interleaving the results into one buffer: about 0.8 µs a 160-byte frame, against
+2.3 µs for the numpy gather ``ULAW_TO_PCM16[np.frombuffer(..)]`` it replaced (whose
+fixed per-call overhead dominates at this size). Encoding uses a 65536-entry ``uint8`` table
 indexed by the 16-bit sample reinterpreted as unsigned, built once (64 KiB) with the
 reference algorithm, so encode is a gather too. The tables are produced by the
 algorithm in ITU-T G.711 as written in the widely copied Sun/CCITT reference code
@@ -76,6 +79,11 @@ def _build_encode_table() -> np.ndarray:
 #: G.711 μ-law byte -> linear PCM16 sample (256 entries, int16, read-only).
 ULAW_TO_PCM16: np.ndarray = _build_decode_table()
 _PCM16_TO_ULAW: np.ndarray = _build_encode_table()
+# ``ulaw_decode``'s translate tables: byte 0 / byte 1 of each decoded sample, as
+# written to PCM16LE. Derived from ``ULAW_TO_PCM16`` so the two cannot disagree.
+_DECODE_LE: bytes = ULAW_TO_PCM16.astype("<i2").tobytes()
+_DECODE_LO: bytes = _DECODE_LE[0::2]
+_DECODE_HI: bytes = _DECODE_LE[1::2]
 
 
 def _check_pcm16(pcm16: bytes) -> None:
@@ -84,8 +92,17 @@ def _check_pcm16(pcm16: bytes) -> None:
 
 
 def ulaw_decode(mulaw: bytes) -> bytes:
-    """Decode G.711 μ-law bytes to PCM16LE (two output bytes per input byte)."""
-    return ULAW_TO_PCM16[np.frombuffer(mulaw, dtype=np.uint8)].astype("<i2", copy=False).tobytes()
+    """Decode G.711 μ-law bytes to PCM16LE (two output bytes per input byte).
+
+    Accepts any bytes-like object (``bytes``, ``bytearray``, ``memoryview``);
+    the result is identical to ``ULAW_TO_PCM16[codes]`` as little-endian int16.
+    """
+    if not isinstance(mulaw, (bytes, bytearray)):
+        mulaw = bytes(mulaw)  # memoryview and other buffers have no translate()
+    out = bytearray(2 * len(mulaw))
+    out[0::2] = mulaw.translate(_DECODE_LO)
+    out[1::2] = mulaw.translate(_DECODE_HI)
+    return bytes(out)
 
 
 def ulaw_encode(pcm16: bytes) -> bytes:

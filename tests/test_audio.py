@@ -61,6 +61,25 @@ def test_every_code_round_trips() -> None:
     assert ulaw_encode(ulaw_decode(codes)) == codes
 
 
+def test_decode_matches_the_table_for_every_code() -> None:
+    # ulaw_decode uses bytes.translate; the reference is the numpy gather it replaced.
+    codes = bytes(range(256))
+    reference = ULAW_TO_PCM16[np.frombuffer(codes, dtype=np.uint8)].astype("<i2").tobytes()
+    assert ulaw_decode(codes) == reference
+    assert type(ulaw_decode(codes)) is bytes
+    shuffled = bytes(np.random.default_rng(7).integers(0, 256, 4000, dtype=np.uint8))
+    want = ULAW_TO_PCM16[np.frombuffer(shuffled, dtype=np.uint8)].astype("<i2").tobytes()
+    assert ulaw_decode(shuffled) == want
+
+
+def test_decode_accepts_any_bytes_like_and_empty() -> None:
+    frame = bytes(range(0, 256, 3))
+    want = ulaw_decode(frame)
+    assert ulaw_decode(bytearray(frame)) == want
+    assert ulaw_decode(memoryview(frame)) == want
+    assert ulaw_decode(b"") == b""
+
+
 def test_round_trip_within_quantisation_error() -> None:
     x = np.arange(-32635, 32636, 7)
     y = _samples(ulaw_decode(ulaw_encode(_pcm(x))))
