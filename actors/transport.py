@@ -18,8 +18,10 @@ and because it is the tree's *significant* child, the whole call tree stops.
 Bad input (non-JSON, unknown events, bad base64, wrong order, oversized,
 binary) is counted by kind and dropped; it never ends the call.
 
-Out (mailbox): ``OutboundMedia``, ``OutboundMark``, ``OutboundClear``,
-``Hangup``. Senders never block: a full mailbox (the peer reads slower than
+Out (mailbox, or inline in the sender's task when the host borrowed the
+connection from the server: ``MediaSocket.direct``; then a send is a
+non-blocking write and the pacer's frame reaches the socket without a task
+switch): ``OutboundMedia``, ``OutboundMark``, ``OutboundClear``, ``Hangup``. Senders never block: a full mailbox (the peer reads slower than
 the pacer writes) drops and counts in ``dropped``, as for every actor.
 ``Hangup`` ends the transport, hence the tree; the handler then closes the
 socket.
@@ -67,30 +69,45 @@ class Transport(TrioActor):
         self._sock = sock
         self._metrics = metrics
         self.stop_reason = ""
+        # Direct mode (the host borrowed the connection from the server): a send
+        # is a non-blocking write, so outbound messages are handled inline, in the
+        # sender's task (the pacer's), with no task switch per frame.
+        self.inline = sock.direct
 
     async def run(self) -> None:
         self.nursery.start_soon(self._read_loop)
         self.nursery.start_soon(self._watch_sends)
         await super().run()
 
-    async def receive(self, msg: Any) -> None:
+    def _serialize(self, msg: Any) -> str | None:
+        """The Twilio message for ``msg``, or None (nothing to send; Hangup acted on)."""
         stream = self._stream
         try:
             if isinstance(msg, OutboundMedia):
-                text = stream.media(msg.mulaw)
-            elif isinstance(msg, OutboundMark):
-                text = stream.mark(msg.name)
-            elif isinstance(msg, OutboundClear):
-                text = stream.clear()
-            elif isinstance(msg, Hangup):
-                self.stop_reason = msg.reason
-                self.stop_self()
-                return
-            else:
-                return
+                return stream.media(msg.mulaw)
+            if isinstance(msg, OutboundMark):
+                return stream.mark(msg.name)
+            if isinstance(msg, OutboundClear):
+                return stream.clear()
         except tw.LocalProtocolError:
-            return  # the stream already stopped: nothing more to say to it
-        if not await self._sock.send_text(text):
+            return None  # the stream already stopped: nothing more to say to it
+        if isinstance(msg, Hangup):
+            self.stop_reason = msg.reason
+            self.stop_self()
+        return None
+
+    def receive_inline(self, msg: Any) -> None:
+        """Direct mode: serialize and write now (see ``MediaSocket.send_text_nowait``)."""
+        text = self._serialize(msg)
+        if text is not None and not self._sock.send_text_nowait(text):
+            self._ended("socket closed")
+
+    async def receive(self, msg: Any) -> None:
+        if self._sock.direct:
+            self.receive_inline(msg)
+            return
+        text = self._serialize(msg)
+        if text is not None and not await self._sock.send_text(text):
             self._ended("socket closed")
 
     async def _read_loop(self) -> None:

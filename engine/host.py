@@ -246,7 +246,11 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     # ---- the media stream -------------------------------------------------------------------
 
     async def twilio_media(scope: Any, receive: Any, send: Any) -> None:
-        await _serve_media(MediaSocket(scope, receive, send), rt(), settings)
+        sock = MediaSocket(scope, receive, send)
+        try:
+            await _serve_media(sock, rt(), settings)
+        finally:
+            sock.release()  # a borrowed connection always goes back to the server
 
     app.asgi_app = MediaRoute(app.asgi_app, "/twilio/media", twilio_media)  # type: ignore[method-assign]
 
@@ -303,6 +307,10 @@ async def _serve_media(sock: MediaSocket, runtime: Runtime, settings: Settings) 
     await sock.accept()
     info: CallInfo | None = None
     try:
+        # Read and write the connection directly from now on when the server
+        # lends it (hypercorn, plain TCP): no server task or queue per message.
+        if not await sock.take_over():
+            metrics.count("media_not_direct")
         started = await _await_start(sock, runtime, settings)
         if started is None:
             return

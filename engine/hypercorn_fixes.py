@@ -23,16 +23,133 @@
    connection is closed as if the peer had reset it (the application sees
    ``websocket.disconnect``; later sends return at once).
 
-All are tested in ``tests/test_host.py``.
+5. Borrowing a WebSocket's connection (:func:`borrow_websocket`). Through
+   hypercorn every media message costs its read task, its protocol layers, an
+   app queue and a task switch, and every send its lock and a shielded write:
+   most of the per-frame CPU at 50 calls (issue 6). An application may borrow an
+   accepted WebSocket's TCP socket and its wsproto connection, read and write
+   them itself, and give them back; hypercorn's read loop parks meanwhile (its
+   ``_read_data`` is replaced by an equivalent loop that can park, and that no
+   longer opens a ``fail_after(inf)`` scope per read when ``read_timeout`` is
+   unset). Refused (``None``) for TLS streams, HTTP/2, ping-enabled configs
+   and anything unexpected, so the caller falls back to plain ASGI.
+
+All are tested in ``tests/test_host.py`` and ``tests/test_asgi_ws.py``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import math
+from typing import Any, Callable
 
 import trio
 
 _applied = False
+
+#: The hypercorn connection (``TCPServer``) whose task runs the current ASGI app.
+#: Set by the patched ``TCPServer.run``; the app's task inherits it.
+_connection: contextvars.ContextVar[Any] = contextvars.ContextVar("callengine_hypercorn_connection", default=None)
+
+
+class _Takeover:
+    """One borrowing, between :func:`borrow_websocket` and hypercorn's read loop."""
+
+    __slots__ = ("granted", "released", "failed", "broken")
+
+    def __init__(self) -> None:
+        self.granted = trio.Event()  # the read loop is parked (or ended: ``failed``)
+        self.released = trio.Event()  # the borrower gave the connection back
+        self.failed = False
+        self.broken = False  # the borrower left the byte stream unusable (a partial frame)
+
+
+class BorrowedWebSocket:
+    """An accepted WebSocket's connection, lent by hypercorn (see fix 5).
+
+    While borrowed, the borrower alone reads and writes ``fd`` (a connected,
+    non-blocking TCP socket; hypercorn's read loop is parked and nothing else of
+    hypercorn writes), frames through ``ws`` (the connection's own wsproto
+    ``Connection``, so its close state stays right), and continues a message
+    hypercorn had begun in ``fragment`` (hypercorn's ``WebsocketBuffer``, which
+    also enforces ``max_message``). ``early`` holds the ASGI messages hypercorn
+    had queued for the app before the loan, in order. :meth:`give_back` returns
+    everything to hypercorn; with ``broken=True`` (a partial frame was written)
+    hypercorn closes the connection instead of reading on.
+    """
+
+    __slots__ = ("fd", "ws", "fragment", "max_message", "early", "_takeover")
+
+    def __init__(self, fd: int, ws: Any, fragment: Any, max_message: int, early: list[Any], takeover: _Takeover) -> None:
+        self.fd = fd
+        self.ws = ws
+        self.fragment = fragment
+        self.max_message = max_message
+        self.early = early
+        self._takeover = takeover
+
+    def give_back(self, *, broken: bool = False) -> None:
+        """Idempotent; never blocks."""
+        if not self._takeover.released.is_set():
+            self._takeover.broken = broken
+            self._takeover.released.set()
+
+
+async def borrow_websocket(receive: Callable[[], Any]) -> BorrowedWebSocket | None:
+    """Borrow the current ASGI app's accepted WebSocket from hypercorn.
+
+    ``receive`` is the app's ASGI receive callable: messages hypercorn queued for
+    the app before the loan are drained from it into ``early``. Returns ``None``
+    (nothing changed) where borrowing is not possible; the app then keeps using
+    ASGI. Must be called after ``websocket.accept`` from the app's own task.
+    """
+    from hypercorn.protocol.h11 import H11Protocol
+    from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
+
+    server = _connection.get()
+    if server is None or getattr(server, "_cx_done", True):
+        return None
+    channel = getattr(receive, "__self__", None)
+    if not isinstance(channel, trio.MemoryReceiveChannel):
+        return None
+    protocol = getattr(getattr(server, "protocol", None), "protocol", None)
+    stream = getattr(protocol, "stream", None)
+    if not isinstance(protocol, H11Protocol) or not isinstance(stream, WSStream):
+        return None
+    if stream.state is not ASGIWebsocketState.CONNECTED or server.config.websocket_ping_interval is not None:
+        return None
+    sock = getattr(server.stream, "socket", None)  # absent on an SSLStream
+    if sock is None or server._cx_takeover is not None:
+        return None
+    takeover = _Takeover()
+    server._cx_takeover = takeover
+    scope = server._cx_read_scope
+    if scope is not None:
+        scope.cancel()
+    early: list[Any] = []
+    # The read loop parks at its next turn; it may first have to hand the app
+    # messages it already read, so keep receiving until it is parked.
+    async with trio.open_nursery() as nursery:
+
+        async def granted() -> None:
+            await takeover.granted.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(granted)
+        while True:
+            early.append(await channel.receive())
+    while True:
+        try:
+            early.append(channel.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            break
+    if takeover.failed:
+        server._cx_takeover = None
+        return None
+    return BorrowedWebSocket(
+        sock.fileno(), stream.connection, stream.buffer, server.config.websocket_max_message_size, early, takeover
+    )
 
 #: Longest one chunk's socket write may take (4.). A peer that takes longer to
 #: accept a few kB is not reading; real-time media cannot wait that long anyway.
@@ -57,6 +174,7 @@ def apply() -> None:
     original_run = tcp_server.TCPServer.run
 
     async def _run_isolated(self: tcp_server.TCPServer) -> None:
+        _connection.set(self)  # the app's tasks, spawned from this one, inherit it (5.)
         try:
             await original_run(self)
         except Exception:  # noqa: BLE001 - one connection must never stop the server
@@ -94,4 +212,47 @@ def apply() -> None:
                 await self.protocol.handle(Closed())
 
     tcp_server.TCPServer.protocol_send = _protocol_send_bounded  # type: ignore[method-assign]
+
+    from hypercorn.events import RawData as _RawData
+
+    async def _read_data_lendable(self: tcp_server.TCPServer) -> None:
+        # hypercorn 0.18's loop (read, hand to the protocol, stop on EOF, error or
+        # read_timeout), plus: park while the connection is lent (5.).
+        try:
+            while True:
+                takeover = self._cx_takeover
+                if takeover is not None:
+                    takeover.granted.set()
+                    await takeover.released.wait()
+                    self._cx_takeover = None
+                    if takeover.broken:
+                        break
+                timeout = self.config.read_timeout
+                with trio.CancelScope(deadline=trio.current_time() + timeout if timeout else math.inf) as scope:
+                    self._cx_read_scope = scope
+                    try:
+                        data = await self.stream.receive_some(tcp_server.MAX_RECV)
+                    except (trio.ClosedResourceError, trio.BrokenResourceError):
+                        break
+                    finally:
+                        self._cx_read_scope = None
+                if scope.cancelled_caught:
+                    if self._cx_takeover is not None:
+                        continue  # cancelled to lend the connection
+                    break  # read_timeout
+                await self.protocol.handle(_RawData(bytes(data)))
+                if data == b"":
+                    break
+        finally:
+            self._cx_done = True
+            takeover = self._cx_takeover
+            if takeover is not None and not takeover.granted.is_set():
+                takeover.failed = True
+                takeover.granted.set()
+        await self.protocol.handle(Closed())
+
+    tcp_server.TCPServer._cx_takeover = None  # type: ignore[attr-defined]
+    tcp_server.TCPServer._cx_read_scope = None  # type: ignore[attr-defined]
+    tcp_server.TCPServer._cx_done = False  # type: ignore[attr-defined]
+    tcp_server.TCPServer._read_data = _read_data_lendable  # type: ignore[method-assign]
     _applied = True

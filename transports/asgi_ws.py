@@ -42,12 +42,16 @@ hypercorn's side.
 from __future__ import annotations
 
 import enum
+import socket as _socket
+from collections import deque
 from time import monotonic as _monotonic
 from typing import Any, Awaitable, Callable, MutableMapping
 
 import trio
+from wsproto.connection import ConnectionState as _WsState
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-__all__ = ["MediaRoute", "MediaSocket", "SEND_TIMEOUT_S", "SocketState"]
+__all__ = ["MediaRoute", "MediaSocket", "SEND_TIMEOUT_S", "SocketState", "text_frame"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -75,6 +79,22 @@ class SocketState(enum.Enum):
     DETACHED = "detached"  # open, but only the owner may still close it
     CLOSED = "closed"  # we closed, the peer disconnected, or a send failed
     REFUSED = "refused"  # answered with an HTTP response or a close before accept
+
+
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_ABNORMAL = 1006  # no close frame: the connection dropped (never sent on the wire)
+
+_RECV_BYTES = 65536
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unfragmented, unmasked (server-to-client) RFC 6455 text frame."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
 class MediaRoute:
@@ -112,9 +132,40 @@ class MediaSocket:
       the peer, or after a failed send). It never raises for a gone peer.
     - :meth:`close` and the refusals are idempotent and never raise for a
       gone peer; each is bounded by ``send_timeout``.
+
+    Direct mode (:meth:`take_over`, hypercorn only): once accepted, the socket
+    may borrow the connection from the server (``engine.hypercorn_fixes``, fix
+    5) and read and write it itself, with the same guarantees: one task waits
+    on the file descriptor per read (no server task, queue or hop), and a send
+    is a synchronous non-blocking write (:meth:`send_text_nowait`), so a sender
+    on the trio thread need not even switch tasks. What the kernel does not take
+    at once waits in a backlog, written in order before anything newer; it is
+    flushed by whoever awaits (:meth:`send_text`, :meth:`wait_send_stalled`)
+    and by the next write. :meth:`release` gives the connection back to the
+    server (:meth:`close` does it first); a backlog still unwritten then means a
+    partial frame, and the server drops the connection instead of framing a
+    close after it.
     """
 
-    __slots__ = ("scope", "_receive", "_send", "send_timeout", "state", "close_code", "_send_since")
+    __slots__ = (
+        "scope",
+        "_receive",
+        "_send",
+        "send_timeout",
+        "state",
+        "close_code",
+        "_send_since",
+        "_lent",
+        "_sock",
+        "_fd",
+        "_ws",
+        "_pending",
+        "_backlog",
+        "_backlog_since",
+        "_backlog_wake",
+        "_flushing",
+        "_flushed",
+    )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, *, send_timeout: float = SEND_TIMEOUT_S) -> None:
         self.scope = scope
@@ -124,6 +175,16 @@ class MediaSocket:
         self.state = SocketState.CONNECTING
         self.close_code: int | None = None  # the peer's close code, once it disconnected
         self._send_since: float | None = None  # trio time at which the send in progress began
+        self._lent: Any = None  # hypercorn_fixes.BorrowedWebSocket while in direct mode
+        self._sock: _socket.socket | None = None
+        self._fd = -1
+        self._ws: Any = None
+        self._pending: deque[tuple[str | bytes, float]] = deque()
+        self._backlog: deque[memoryview] = deque()
+        self._backlog_since = 0.0  # trio time at which the backlog began
+        self._backlog_wake: trio.Event | None = None
+        self._flushing = False
+        self._flushed: trio.Event | None = None
 
     # ---- the request -------------------------------------------------------------------
 
@@ -160,6 +221,58 @@ class MediaSocket:
             self.state = SocketState.OPEN
             await self._send({"type": "websocket.accept"})
 
+    async def take_over(self) -> bool:
+        """After :meth:`accept`: switch to direct mode if the server lends the
+        connection (see the class docstring). False: nothing changed, ASGI
+        carries on. The owner's task calls it, before any reader or writer runs."""
+        if self.state is not SocketState.OPEN or self._lent is not None:
+            return False
+        from engine import hypercorn_fixes
+
+        lent = await hypercorn_fixes.borrow_websocket(self._receive)
+        if lent is None:
+            return False
+        self._lent = lent
+        self._ws = lent.ws
+        self._fd = lent.fd
+        self._sock = _socket.socket(fileno=lent.fd)  # a view of the server's socket; detached, never closed
+        self._sock.setblocking(False)
+        t = _monotonic()
+        for msg in lent.early:
+            kind = msg.get("type")
+            if kind == "websocket.receive":
+                text = msg.get("text")
+                self._pending.append(((text if text is not None else (msg.get("bytes") or b"")), t))
+            elif kind == "websocket.disconnect":
+                self._peer_gone(msg)
+        return True
+
+    @property
+    def direct(self) -> bool:
+        """True while the connection is borrowed (direct mode)."""
+        return self._sock is not None
+
+    def release(self) -> None:
+        """Give a borrowed connection back to the server; idempotent, never blocks.
+        Later reads and writes go through ASGI again (or see the socket closed)."""
+        sock = self._sock
+        if sock is None:
+            return
+        broken = bool(self._backlog)
+        self._backlog.clear()
+        self._sock = None
+        if broken:
+            # Cut mid-frame: end the connection now, so no write of the server's
+            # (a close frame) waits on a peer that does not read.
+            try:
+                sock.shutdown(_socket.SHUT_RDWR)
+            except OSError:
+                pass
+        sock.detach()
+        self._lent.give_back(broken=broken)
+        if broken and self.state is SocketState.OPEN:
+            self.state = SocketState.CLOSED  # the stream is cut mid-frame: nothing more can be framed
+
     async def refuse(self, status: int, body: str, close_code: int) -> None:
         """Refuse the upgrade: an HTTP ``status`` response with ``body`` where the
         server supports ``websocket.http.response``, else a close with ``close_code``."""
@@ -189,7 +302,16 @@ class MediaSocket:
             self.state = SocketState.DETACHED
 
     async def close(self, code: int = CLOSE_NORMAL) -> None:
-        """Close an open socket with ``code``; nothing if it is closed already."""
+        """Close an open socket with ``code``; nothing if it is closed already.
+        A borrowed connection is flushed (within ``send_timeout``) and given back
+        first; the server then frames the close."""
+        if self._sock is not None:
+            if self._backlog and self.state is not SocketState.CLOSED:
+                # What a send may take in all, counted from when the backlog began:
+                # a peer that stalled the call's sends gets no more time here.
+                with trio.move_on_at(self._backlog_since + self.send_timeout):
+                    await self._drain()
+            self.release()
         if self.state is not SocketState.OPEN and self.state is not SocketState.DETACHED:
             return
         self.state = SocketState.CLOSED
@@ -203,7 +325,11 @@ class MediaSocket:
 
     async def receive(self) -> tuple[str | bytes, float] | None:
         """The next message and its read time, or ``None`` once the peer left."""
-        if self.close_code is not None or self.state is SocketState.DETACHED:
+        if self.state is SocketState.DETACHED:
+            return None
+        if self._sock is not None or self._pending:
+            return await self._receive_direct()
+        if self.close_code is not None:
             return None
         receive = self._receive
         while True:
@@ -220,11 +346,166 @@ class MediaSocket:
                 return None
             # anything else (a stray websocket.connect) carries no message
 
+    async def _receive_direct(self) -> tuple[str | bytes, float] | None:
+        pending = self._pending
+        while True:
+            if pending:
+                return pending.popleft()
+            sock = self._sock
+            if self.close_code is not None or sock is None or self.state is SocketState.DETACHED:
+                if sock is None and self.close_code is None and self.state is SocketState.OPEN:
+                    return await self.receive()  # released while open: ASGI again
+                return None
+            try:
+                await trio.lowlevel.wait_readable(self._fd)
+            except trio.ClosedResourceError:  # the server closed it under us
+                self._gone(CLOSE_ABNORMAL)
+                continue
+            if self._sock is None:
+                continue  # released while waiting
+            try:
+                data = sock.recv(_RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._gone(CLOSE_ABNORMAL)
+                continue
+            self._feed(data, _monotonic())
+
+    def _feed(self, data: bytes, t: float) -> None:
+        """Bytes from the peer -> complete messages in ``_pending``; pings answered,
+        the close handshake answered, oversized messages refused (1009)."""
+        ws = self._ws
+        ws.receive_data(data)
+        lent = self._lent
+        fragment = lent.fragment
+        pending = self._pending
+        for ev in ws.events():
+            if isinstance(ev, (TextMessage, BytesMessage)):
+                if fragment.value is None and ev.message_finished and len(ev.data) <= lent.max_message:
+                    pending.append((ev.data, t))
+                    continue
+                try:
+                    fragment.extend(ev)
+                except Exception:  # hypercorn's FrameTooLargeError
+                    fragment.clear()
+                    self._write_event(CloseConnection(code=CLOSE_MESSAGE_TOO_BIG))
+                    self._gone(CLOSE_MESSAGE_TOO_BIG)
+                    return
+                if ev.message_finished:
+                    msg = fragment.to_message()
+                    fragment.clear()
+                    text = msg.get("text")
+                    pending.append(((text if text is not None else (msg.get("bytes") or b"")), t))
+            elif isinstance(ev, Ping):
+                self._write_event(ev.response())
+            elif isinstance(ev, CloseConnection):
+                if ws.state is _WsState.REMOTE_CLOSING:
+                    self._write_event(ev.response())
+                self._gone(ev.code if isinstance(ev.code, int) else CLOSE_NORMAL)
+                return
+
+    def _write_event(self, event: Any) -> None:
+        try:
+            data = self._ws.send(event)
+        except Exception:  # wsproto's LocalProtocolError: the close handshake is past that
+            return
+        self._write(data)
+
+    def _gone(self, code: int) -> None:
+        self.close_code = code
+        if self.state is SocketState.OPEN:
+            self.state = SocketState.CLOSED
+
+    def send_text_nowait(self, text: str) -> bool:
+        """Direct mode only: write one text message now, without waiting (what the
+        kernel does not take waits in the backlog). False, without sending, when
+        the socket is not open or not in direct mode."""
+        if self.state is not SocketState.OPEN or self._sock is None:
+            return False
+        self._write(text_frame(text.encode("utf-8")))
+        return self.state is SocketState.OPEN
+
+    def _write(self, data: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        backlog = self._backlog
+        if backlog:
+            backlog.append(memoryview(data))
+            self._flush_nowait()
+            return
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._gone(CLOSE_ABNORMAL)
+            return
+        if sent < len(data):
+            backlog.append(memoryview(data)[sent:])
+            self._backlog_since = trio.current_time()
+            wake = self._backlog_wake
+            if wake is not None:
+                wake.set()
+
+    def _flush_nowait(self) -> None:
+        sock = self._sock
+        backlog = self._backlog
+        while backlog and sock is not None:
+            head = backlog[0]
+            try:
+                sent = sock.send(head)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                backlog.clear()
+                self._gone(CLOSE_ABNORMAL)
+                return
+            if sent < len(head):
+                backlog[0] = head[sent:]
+                return
+            backlog.popleft()
+
+    async def _drain(self) -> None:
+        """Wait until the backlog is written (or the socket is gone). One task
+        waits for writability at a time; others wait for it."""
+        while self._backlog and self._sock is not None and self.close_code is None:
+            if self._flushing:
+                flushed = self._flushed
+                if flushed is None:
+                    flushed = self._flushed = trio.Event()
+                await flushed.wait()
+                continue
+            self._flushing = True
+            try:
+                await trio.lowlevel.wait_writable(self._fd)
+            except trio.ClosedResourceError:  # the server closed it under us
+                self._backlog.clear()
+                self._gone(CLOSE_ABNORMAL)
+            finally:
+                self._flushing = False
+                flushed, self._flushed = self._flushed, None
+                if flushed is not None:
+                    flushed.set()
+            self._flush_nowait()
+
     async def send_text(self, text: str) -> bool:
         """Send one text message; see the class guarantees. Not bounded itself:
         :meth:`wait_send_stalled` tells when a send takes too long."""
         if self.state is not SocketState.OPEN:
             return False
+        if self._sock is not None:
+            self._write(text_frame(text.encode("utf-8")))
+            if self._backlog:
+                self._send_since = self._backlog_since
+                try:
+                    await self._drain()
+                finally:
+                    self._send_since = None
+            return self.state is SocketState.OPEN
         self._send_since = trio.current_time()
         try:
             await self._send({"type": "websocket.send", "text": text})
@@ -237,10 +518,23 @@ class MediaSocket:
 
     async def wait_send_stalled(self, timeout: float | None = None) -> None:
         """Return once a single send has been in progress ``timeout`` seconds
-        (default ``send_timeout``). Sleeps while sends complete: one wakeup per
-        ``timeout`` when idle, none per message."""
+        (default ``send_timeout``); in direct mode, once the backlog has waited
+        that long (meanwhile this task flushes it). Sleeps while sends complete:
+        one wakeup per ``timeout`` when idle, none per message."""
         limit = self.send_timeout if timeout is None else timeout
         while True:
+            if self._sock is not None:
+                if not self._backlog:
+                    self._backlog_wake = wake = trio.Event()
+                    with trio.move_on_after(limit):
+                        await wake.wait()
+                    self._backlog_wake = None
+                    continue
+                with trio.move_on_at(self._backlog_since + limit):
+                    await self._drain()
+                if self._backlog and self._sock is not None and self.close_code is None:
+                    return
+                continue
             since = self._send_since
             now = trio.current_time()
             if since is None:
@@ -259,4 +553,3 @@ class MediaSocket:
         self.close_code = code if isinstance(code, int) else CLOSE_NORMAL
         if self.state is not SocketState.REFUSED:
             self.state = SocketState.CLOSED
-

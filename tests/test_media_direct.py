@@ -1,0 +1,333 @@
+"""Direct mode of the media socket over real hypercorn (``hypercorn_fixes`` 5.,
+``MediaSocket.take_over``): the connection is borrowed from the server after
+the upgrade, read and written by the socket itself, and given back.
+
+A real hypercorn (``hypercorn.trio.serve``, in this process, with the fixes
+applied) serves a small ASGI app built on ``MediaSocket``; the client is a raw
+TCP socket speaking RFC 6455 through wsproto, so the tests control exactly
+which bytes arrive before and after the loan (a message split across it, a
+ping, a close, garbage).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Awaitable, Callable
+
+import pytest
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+from wsproto.frame_protocol import Opcode
+
+from engine import hypercorn_fixes
+from transports.asgi_ws import MediaSocket
+
+hypercorn_fixes.apply()
+
+App = Callable[[MediaSocket], Awaitable[None]]
+
+
+async def start_server(nursery: trio.Nursery, handler: App, **config: Any) -> int:
+    """Serve ``handler`` (one MediaSocket per WebSocket) on a free port; the port."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        sock = MediaSocket(scope, receive, send)
+        try:
+            await handler(sock)
+        finally:
+            sock.release()
+
+    cfg = Config()
+    cfg.bind = ["127.0.0.1:0"]
+    cfg.accesslog = None
+    cfg.errorlog = None
+    for key, value in config.items():
+        setattr(cfg, key, value)
+    binds = await nursery.start(lambda task_status: serve(app, cfg, task_status=task_status))
+    return int(binds[0].rsplit(":", 1)[1])
+
+
+class Client:
+    """A raw WebSocket client: wsproto over a trio socket."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.events: list[Any] = []
+        self.eof = False
+
+    @classmethod
+    async def connect(cls, port: int) -> "Client":
+        s = trio.socket.socket()
+        await s.connect(("127.0.0.1", port))
+        c = cls(s)
+        await c.raw(c.ws.send(Request(host=f"127.0.0.1:{port}", target="/media")))
+        while not any(isinstance(e, AcceptConnection) for e in c.events):
+            await c.read_some()
+        return c
+
+    async def raw(self, data: bytes) -> None:
+        await self.sock.send(data)
+
+    async def text(self, text: str) -> None:
+        await self.raw(self.ws.send(TextMessage(data=text)))
+
+    async def read_some(self) -> None:
+        data = await self.sock.recv(65536)
+        if not data:
+            self.eof = True
+            self.ws.receive_data(None)
+        else:
+            self.ws.receive_data(data)
+        self.events.extend(self.ws.events())
+
+    async def until(self, pred: Callable[[list[Any]], bool], timeout: float = 5.0) -> None:
+        with trio.fail_after(timeout):
+            while not pred(self.events):
+                if self.eof:
+                    raise AssertionError(f"EOF before the condition held; events: {self.events}")
+                await self.read_some()
+
+    async def until_eof(self, timeout: float = 5.0) -> None:
+        with trio.fail_after(timeout):
+            while not self.eof:
+                try:
+                    await self.read_some()
+                except OSError:
+                    self.eof = True
+
+    def texts(self) -> list[str]:
+        return [e.data for e in self.events if isinstance(e, TextMessage)]
+
+
+def masked_frame(opcode: int, payload: bytes, *, fin: bool) -> bytes:
+    """A client frame (masked with a zero key), possibly not final."""
+    head = bytes(((0x80 if fin else 0) | opcode, 0x80 | len(payload)))  # payloads < 126 bytes here
+    return head + b"\0\0\0\0" + payload
+
+
+async def test_messages_before_and_after_the_loan_arrive_in_order_and_replies_go_direct() -> None:
+    got: list[Any] = []
+    borrowed: list[bool] = []
+    may_borrow = trio.Event()
+
+    async def handler(sock: MediaSocket) -> None:
+        assert await sock.connect()
+        await sock.accept()
+        await may_borrow.wait()
+        borrowed.append(await sock.take_over())
+        while (m := await sock.receive()) is not None:
+            got.append(m[0])
+            if m[0] == "bye":
+                break
+        assert sock.send_text_nowait("one")
+        assert await sock.send_text("two")
+        await sock.close()
+
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, handler)
+        c = await Client.connect(port)
+        await c.text("a")
+        await c.text("b")
+        # A message begun before the loan (first fragment) and finished after it.
+        await c.raw(masked_frame(Opcode.TEXT, b"fir", fin=False))
+        await trio.sleep(0.2)  # hypercorn has read all of it
+        may_borrow.set()
+        await trio.sleep(0.2)
+        await c.raw(masked_frame(Opcode.CONTINUATION, b"st", fin=True))
+        await c.text("c")
+        await c.text("bye")
+        await c.until(lambda ev: any(isinstance(e, CloseConnection) for e in ev))
+        await c.until_eof()
+        nursery.cancel_scope.cancel()
+    assert borrowed == [True]
+    assert got == ["a", "b", "first", "c", "bye"]
+    assert c.texts() == ["one", "two"]
+    close = [e for e in c.events if isinstance(e, CloseConnection)]
+    assert close[0].code == 1000  # framed by hypercorn after the connection was given back
+
+
+async def test_a_ping_is_answered_and_a_peer_close_ends_receive_with_its_code() -> None:
+    result: dict[str, Any] = {}
+
+    async def handler(sock: MediaSocket) -> None:
+        await sock.connect()
+        await sock.accept()
+        result["direct"] = await sock.take_over()
+        result["got"] = await sock.receive()
+        result["after_close"] = await sock.receive()
+        result["code"] = sock.close_code
+        result["send_after"] = sock.send_text_nowait("late")
+        await sock.close()
+
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, handler)
+        c = await Client.connect(port)
+        await trio.sleep(0.2)
+        await c.raw(c.ws.send(Ping(payload=b"hi")))
+        await c.until(lambda ev: any(isinstance(e, Pong) for e in ev))
+        await c.text("x")
+        await c.raw(c.ws.send(CloseConnection(code=4001, reason="done")))
+        await c.until(lambda ev: any(isinstance(e, CloseConnection) for e in ev))
+        await c.until_eof()
+        nursery.cancel_scope.cancel()
+    assert result["direct"] is True
+    assert [e.payload for e in c.events if isinstance(e, Pong)] == [b"hi"]
+    assert result["got"][0] == "x"
+    assert result["after_close"] is None and result["code"] == 4001
+    assert result["send_after"] is False
+    # The echo of ours (wsproto adds a 1006 of its own when the TCP connection then ends).
+    assert [e.code for e in c.events if isinstance(e, CloseConnection)][0] == 4001
+
+
+async def test_an_oversized_message_is_refused_with_1009() -> None:
+    result: dict[str, Any] = {}
+
+    async def handler(sock: MediaSocket) -> None:
+        await sock.connect()
+        await sock.accept()
+        result["direct"] = await sock.take_over()
+        result["got"] = await sock.receive()
+        result["code"] = sock.close_code
+        await sock.close()
+
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, handler, websocket_max_message_size=1000)
+        c = await Client.connect(port)
+        await trio.sleep(0.2)
+        await c.text("y" * 5000)
+        await c.until(lambda ev: any(isinstance(e, CloseConnection) for e in ev))
+        await c.until_eof()
+        nursery.cancel_scope.cancel()
+    assert result == {"direct": True, "got": None, "code": 1009}
+    assert [e.code for e in c.events if isinstance(e, CloseConnection)][0] == 1009
+
+
+async def test_garbage_and_a_dropped_connection_end_receive_without_raising() -> None:
+    results: list[Any] = []
+
+    async def handler(sock: MediaSocket) -> None:
+        await sock.connect()
+        await sock.accept()
+        await sock.take_over()
+        results.append(await sock.receive())
+        results.append(sock.close_code)
+        await sock.close()
+
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, handler)
+        c = await Client.connect(port)
+        await trio.sleep(0.2)
+        await c.raw(b"\x8f\x80\0\0\0\0")  # reserved opcode 0xF: a protocol error
+        await c.until_eof()
+        c2 = await Client.connect(port)
+        await trio.sleep(0.2)
+        c2.sock.close()  # no close frame: the TCP connection just ends
+        with trio.fail_after(5):
+            while len(results) < 4:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert results[0] is None and results[1] is not None
+    assert results[2] is None and results[3] == 1006
+
+
+@pytest.mark.parametrize("config", [{"websocket_ping_interval": 5.0}])
+async def test_without_a_loan_the_socket_stays_on_asgi(config: dict[str, Any]) -> None:
+    """Where the server cannot lend the connection (here: hypercorn's own pings
+    would write beside us), ``take_over`` is False and ASGI carries everything."""
+    result: dict[str, Any] = {}
+
+    async def handler(sock: MediaSocket) -> None:
+        await sock.connect()
+        await sock.accept()
+        result["direct"] = await sock.take_over()
+        result["got"] = (await sock.receive())[0]
+        result["nowait"] = sock.send_text_nowait("no")
+        await sock.send_text("echo " + result["got"])
+        await sock.close()
+
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, handler, **config)
+        c = await Client.connect(port)
+        await c.text("z")
+        await c.until(lambda ev: any(isinstance(e, CloseConnection) for e in ev))
+        nursery.cancel_scope.cancel()
+    assert result == {"direct": False, "got": "z", "nowait": False}
+    assert c.texts() == ["echo z"]
+
+
+async def test_a_peer_that_stops_reading_is_cut_off_and_the_backlog_kept_in_order() -> None:
+    """Writes the kernel does not take wait in the backlog, in order; a backlog
+    older than the send timeout makes ``wait_send_stalled`` return, and closing
+    then drops the connection (a partial frame cannot be followed by a close)."""
+    result: dict[str, Any] = {}
+
+    async def handler(sock: MediaSocket) -> None:
+        await sock.connect()
+        await sock.accept()
+        sock.send_timeout = 0.5
+        result["direct"] = await sock.take_over()
+        n = 0
+        with trio.move_on_after(10) as scope:
+            async with trio.open_nursery() as inner:
+
+                async def watch() -> None:
+                    await sock.wait_send_stalled()
+                    result["stalled_after"] = n
+                    inner.cancel_scope.cancel()
+
+                inner.start_soon(watch)
+                while sock.send_text_nowait(f"{n:06d}" + "x" * 2000):
+                    n += 1
+                    await trio.sleep(0)
+        result["timed_out"] = scope.cancelled_caught
+        await sock.close()
+
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, handler)
+        s = trio.socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await s.connect(("127.0.0.1", port))
+        c = Client(s)
+        await c.raw(c.ws.send(Request(host=f"127.0.0.1:{port}", target="/media")))
+        await c.until(lambda ev: any(isinstance(e, AcceptConnection) for e in ev))
+        with trio.fail_after(10):
+            while "stalled_after" not in result:
+                await trio.sleep(0.05)
+        # Now read what arrived: whole messages, in order, then the connection ends.
+        with trio.fail_after(10):
+            while True:
+                try:
+                    data = await s.recv(65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                c.ws.receive_data(data)
+                try:
+                    c.events.extend(c.ws.events())
+                except Exception:  # noqa: BLE001 - the cut frame at the end
+                    break
+        nursery.cancel_scope.cancel()
+    assert result["direct"] is True and result["timed_out"] is False
+    numbers = [int(t[:6]) for t in c.texts() if len(t) == 2006]
+    assert numbers == list(range(len(numbers))) and len(numbers) > 0
+    assert not any(isinstance(e, CloseConnection) and e.code == 1000 for e in c.events)
