@@ -3,7 +3,8 @@
 Runs on the trio thread (``TrioActor``). Why pace at all: Twilio plays what it
 receives, in order, and buffers the rest; sending a whole reply at once would
 make ``clear`` (barge-in) slow to take effect and hide underruns. Sending frames
-``lead_ms`` (60-100 ms) ahead of real time keeps Twilio's buffer short, so a
+``lead_ms`` (60-100 ms) ahead of real time (topped up ``FRAMES_PER_WAKE``
+frames at a time) keeps Twilio's buffer short, so a
 ``clear`` silences the caller's earpiece within one lead, while a scheduling
 hiccup of up to ``lead_ms`` never starves playback.
 
@@ -48,6 +49,12 @@ FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law (Twilio's frame size)
 FRAME_S = 0.020
 
 _END = object()  # queue marker: end of an utterance
+
+#: Frames sent per wake-up while audio plays. The audio queued ahead of real time
+#: then moves between ``lead_ms`` - 20 ms and ``lead_ms`` (60-80 ms by default):
+#: still ahead of any scheduling hiccup the lead is sized for.
+FRAMES_PER_WAKE = 2
+_TOP_UP_S = (FRAMES_PER_WAKE - 1) * FRAME_S
 
 
 class Pacer(TrioActor):
@@ -183,4 +190,7 @@ class Pacer(TrioActor):
                     send("planner", ReplyStamp(turn_id=turn, name="first_frame", t=time.monotonic()))
                 next_deadline += FRAME_S
             if self._queue:
-                await trio.sleep_until(next_deadline - self._lead)
+                # Wake when the audio ahead of real time has fallen to one lead less
+                # (FRAMES_PER_WAKE - 1) frames, then top it up: FRAMES_PER_WAKE frames
+                # per wake-up instead of one (a wake-up costs more than a frame).
+                await trio.sleep_until(next_deadline - self._lead + _TOP_UP_S)
