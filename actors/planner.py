@@ -80,6 +80,7 @@ class TurnSettings:
 class _CallerTurn:
     speech_start: float
     speech_end: float | None = None
+    speech_end_seen: float | None = None  # when SpeechEnded reached the planner (VAD decision + hop)
     finals: list[str] = dataclasses.field(default_factory=list)
     partial: str = ""
     partial_changed_at: float = 0.0
@@ -240,6 +241,7 @@ class Planner(TrioActor):
             self._user_speaking = False
             if self._turn is not None:
                 self._turn.speech_end = msg.t
+                self._turn.speech_end_seen = now
                 self._final_deadline = now + (
                     self._cfg.final_timeout_ms if self._streaming_stt else self._cfg.batch_final_timeout_ms
                 ) / 1000.0
@@ -577,6 +579,8 @@ class Planner(TrioActor):
         stamps = {"ws_connected": 0.0, "speech_start": self._ms(turn.speech_start)}
         if turn.speech_end is not None:
             stamps["speech_end"] = self._ms(turn.speech_end)
+        if turn.speech_end_seen is not None:
+            stamps["speech_end_seen"] = self._ms(turn.speech_end_seen)
         if turn.first_partial is not None:
             stamps["stt_first_partial"] = self._ms(turn.first_partial)
         if turn.last_final is not None:

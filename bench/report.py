@@ -45,7 +45,7 @@ TARGETS = {
     "clear_p95_ms": 150.0,
 }
 
-STAGES = ("stt_first_partial", "stt_final", "llm_start", "llm_first_token", "tts_first_audio", "reply_first_frame")
+STAGES = ("stt_first_partial", "speech_end_seen", "stt_final", "llm_start", "llm_first_token", "tts_first_audio", "reply_first_frame")
 
 
 def summarize(values: Iterable[float | None]) -> dict[str, float | int | None]:
