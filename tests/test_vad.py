@@ -237,3 +237,107 @@ def test_pregate_skips_silero_on_silence():
     windows, calls = vad.stats
     assert windows >= 60 and calls == 0
     vad.close()
+
+
+# ---------------------------------------------------------------- the end decided on time
+
+#: The load test's caller lines (bench/loadtest.py speaks lines like these).
+LINES = (
+    "I need a plumber for a leaking pipe.",
+    "Can you come tomorrow morning?",
+    "Wait, one more thing.",
+    "Hello, I have a leaking pipe in the kitchen.",
+    "My name is Dana and my number is five five five one two three four.",
+)
+
+
+def frame_rms(pcm: bytes) -> float:
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    return float(np.sqrt((x**2).mean()))
+
+
+def until_silence_begins(vad: VoiceActivityDetector, pcm: bytes) -> tuple[int, float]:
+    """Feed ``pcm`` (whole 20 ms frames), then silence frame by frame until a silence
+    has begun in speech (``end_due`` is set); return (frames fed, t of the last).
+    Fails if an end was decided on the way (choose a hangover longer than
+    silero's lag and the pauses between words)."""
+    i, t = 0, 0.0
+    speech_frames = len(pcm) // 2 // FRAME
+    for i, f in enumerate(telephone(pcm[: speech_frames * FRAME * 2] + silence(1.0)), start=1):
+        t = i * FRAME / RATE
+        events = vad.feed(f, t)
+        assert not any(isinstance(e, SpeechEnded) for e in events)
+        if i > speech_frames and vad.in_speech and vad.end_due is not None:
+            return i, t
+    raise AssertionError("no silence began")
+
+
+def test_end_due_is_when_quiet_frames_end_the_speech(sentence):
+    vad = VoiceActivityDetector(hangover_ms=400)
+    assert vad.end_due is None  # not in speech: nothing due
+    i, t = until_silence_begins(vad, silence(0.5) + sentence)
+    due = vad.end_due
+    assert due is not None and due > t + 0.02  # more frames are needed
+    assert abs((due - 0.4) - (0.5 + len(sentence) / 2 / RATE)) <= 0.1  # silence start ~ speech end
+    decided = []
+    while not decided:
+        i += 1
+        t = i * FRAME / RATE
+        decided = vad.feed(silence(0.02), t)
+        assert decided == [] or t >= due - 1e-9  # never before it is due
+    assert decided == [SpeechEnded(t=due - 0.4)]
+    assert t - due < FRAME / RATE  # the first frame that reaches it decides
+    assert not vad.in_speech and vad.end_due is None
+    vad.close()
+
+
+def test_a_loud_frame_after_the_last_window_defers_the_end_to_silero(sentence):
+    """The frame that reaches the due time holds loud audio silero has not scored
+    yet (it completes no window): the end waits for silero's next verdict."""
+    loud = max(telephone(sentence), key=frame_rms)
+    for hangover_ms in range(400, 560, 20):
+        vad = VoiceActivityDetector(hangover_ms=hangover_ms)
+        i, t = until_silence_begins(vad, silence(0.5) + sentence)
+        due = vad.end_due
+        assert due is not None
+        k = i + 1
+        while k * FRAME / RATE < due - 1e-9:
+            k += 1  # k: the first frame that reaches the due time
+        if FRAME * k // 256 != FRAME * (k - 1) // 256:
+            vad.close()
+            continue  # frame k completes a window (silero scores it): try another phase
+        while i + 1 < k:
+            i += 1
+            assert vad.feed(silence(0.02), i * FRAME / RATE) == []
+        windows = vad.stats[0]
+        assert vad.feed(loud, k * FRAME / RATE) == []  # due, but maybe speaking again
+        assert vad.stats[0] == windows and vad.in_speech
+        events: list = []
+        i = k
+        while vad.in_speech and i < 500:
+            i += 1
+            events += vad.feed(silence(0.02), i * FRAME / RATE)
+        assert [type(e) for e in events] == [SpeechEnded]
+        vad.close()
+        return
+    raise AssertionError("no hangover put the due frame between windows")
+
+
+@pytest.mark.parametrize("hangover_ms", [200, 330])
+def test_feed_alone_decides_within_a_frame_of_the_due_time(hangover_ms):
+    """Before the per-frame check, the end waited for a 32 ms window to complete and
+    came 0-40 ms after silence start + hangover on these lines (phases 0/7/13)."""
+    for text in LINES:
+        line = speak(text)
+        for lead in (0.2, 0.34, 0.46):  # frame phases against the 32 ms windows
+            vad = VoiceActivityDetector(hangover_ms=hangover_ms)
+            decided = []
+            for i, f in enumerate(telephone(silence(lead) + line + silence(1.0))):
+                t = (i + 1) * FRAME / RATE
+                decided += [(t, e.t) for e in vad.feed(f, t) if isinstance(e, SpeechEnded)]
+            assert len(decided) == 1, (text, lead)
+            t_decided, start = decided[0]
+            assert abs(start - (lead + len(line) / 2 / RATE)) <= 0.1, (text, lead)
+            late = t_decided - (start + hangover_ms / 1000)
+            assert -1e-6 <= late <= FRAME / RATE + 1e-6, (text, lead, late)
+            vad.close()

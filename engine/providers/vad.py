@@ -35,6 +35,21 @@ Decision rules (per 32 ms window, probability ``p``):
   starts a silence; a window with ``p >= threshold`` cancels it; once the silence
   has lasted ``hangover_ms`` -> ``SpeechEnded(t=start of the silence)``.
 
+When the end is decided (on the frame grid, not the 32 ms window grid): the
+hangover is counted from the (refined) silence start, so the end is *due* at
+``silence_start + hangover`` (``end_due``), which rarely falls on a window's end.
+Waiting for the next window made the decision 0-40 ms late (measured on the load
+test's espeak-ng lines), and that lateness is engine overhead on every turn. So
+the end is also decided at the end of every frame (20 ms granularity; 0 ms late
+at real-time arrival, since refined starts fall on frame edges). Between windows
+silero has not scored the newest audio, so such a decision also requires that
+the audio fed since the last scored window is quiet by energy (the same quiet
+level as the refinement below); if it is louder, the caller may be speaking
+again and the next window's silero verdict decides, exactly as before. A window
+verdict of speech still cancels a begun silence; ``SpeechEnded.t`` is the
+silence start either way. (Deciding between frames, on a timer, was measured and
+rejected: see actors/decoder.py.)
+
 Time: ``feed(pcm, t)`` takes ``t`` = the clock at the END of the frame; a window's
 times are derived from the frame it completes in, so uneven frame arrival (jitter)
 is followed rather than accumulated.
@@ -181,7 +196,7 @@ class VoiceActivityDetector:
         "sample_rate", "threshold", "min_speech_ms", "hangover_ms", "use_webrtc_pregate",
         "_neg_threshold", "_window", "_window_s", "_session", "stream", "_buf", "_fill",
         "_webrtc", "_gate_frame_bytes", "_window_voiced", "_in_speech", "_run_start", "_silence_start",
-        "_last_end", "_closed", "_windows", "_silero_calls", "_levels", "_speech_start",
+        "_last_end", "_closed", "_windows", "_silero_calls", "_levels", "_speech_start", "_tail_rms",
     )
 
     def __init__(
@@ -224,6 +239,8 @@ class VoiceActivityDetector:
             self._webrtc = webrtcvad.Vad(_WEBRTC_MODE)
         # (frame start time, frame RMS as a fraction of full scale), most recent frames.
         self._levels: deque[tuple[float, float]] = deque(maxlen=_RECENT)
+        # Loudest RMS of the frames holding audio no window has scored yet (0.0: none).
+        self._tail_rms = 0.0
         self._gate_frame_bytes = (sample_rate // 100 * 2, sample_rate // 50 * 2, sample_rate * 3 // 100 * 2)
         self._window_voiced = False  # some frame feeding the current window may be speech
         self._in_speech = False
@@ -253,6 +270,20 @@ class VoiceActivityDetector:
         if self._silence_start is None or self._last_end is None:
             return 0.0
         return max(0.0, (self._last_end - self._silence_start) * 1000.0)
+
+    @property
+    def end_due(self) -> float | None:
+        """When ``SpeechEnded`` becomes due if nothing changes (``feed``'s clock), else None.
+
+        ``silence_start + hangover`` while in speech with a silence begun; None
+        otherwise (not in speech, or the caller is talking). The first frame
+        that ends at or after it ends the speech, unless audio fed since the last
+        scored window is loud (then a later frame or window decides).
+        """
+        start = self._silence_start
+        if not self._in_speech or start is None:
+            return None
+        return start + self.hangover_ms / 1000.0
 
     @property
     def stats(self) -> tuple[int, int]:
@@ -286,12 +317,15 @@ class VoiceActivityDetector:
         self._window_voiced = self._window_voiced or frame_voiced
         samples = np.frombuffer(pcm16_20ms, dtype="<i2").astype(np.float32)
         n = samples.size
+        rms = 0.0
         if n:
             samples *= _INT16_SCALE
-            self._levels.append((t - n / self.sample_rate, float(np.sqrt(np.dot(samples, samples) / n))))
+            rms = float(np.sqrt(np.dot(samples, samples) / n))
+            self._levels.append((t - n / self.sample_rate, rms))
         events: list[SpeechStarted | SpeechEnded] = []
         window = self._window
         done = 0
+        scored = self._windows
         while done < n:
             take = min(n - done, window * 2 - self._fill)
             self._buf[self._fill : self._fill + take] = samples[done : done + take]
@@ -306,7 +340,28 @@ class VoiceActivityDetector:
                 if rest:
                     self._buf[:rest] = self._buf[window : self._fill]
                 self._fill = rest
+        if self._windows != scored:
+            # Only this frame's remainder (if any) is unscored now.
+            self._tail_rms = rms if self._fill else 0.0
+        elif rms > self._tail_rms:
+            self._tail_rms = rms
+        start = self._silence_start
+        if self._in_speech and start is not None:
+            # Between windows too: the end is decided within a frame of being due.
+            ended = self._end_if_due(start, t)
+            if ended is not None:
+                events.append(ended)
         return events
+
+    def _end_if_due(self, start: float, now: float) -> SpeechEnded | None:
+        """In speech with a silence begun at ``start`` (the caller checked): end the
+        speech at ``now`` if the hangover has elapsed and the unscored tail is quiet."""
+        if not (now - start) * 1000.0 >= self.hangover_ms - 1e-6:  # (NaN: not due)
+            return None
+        if self._tail_rms > 0.0 and self._tail_rms > self._quiet_level():
+            return None  # maybe speaking again: the next window's silero verdict decides
+        self._in_speech = False
+        return SpeechEnded(t=start)
 
     def _analyse(self, end: float, events: list[SpeechStarted | SpeechEnded]) -> None:
         """Score the window in ``_buf[:window]`` ending at ``end``; update the state."""
@@ -339,12 +394,19 @@ class VoiceActivityDetector:
             self._in_speech = False
             events.append(SpeechEnded(t=self._silence_start))
 
+    def _quiet_level(self) -> float:
+        """The RMS at or below which a frame counts as quiet: below ``_QUIET_REL`` of the
+        loudest recent frame or within ``_QUIET_FLOOR``x of the quietest (0.0: no frames)."""
+        if not self._levels:
+            return 0.0
+        levels = [rms for _, rms in self._levels]
+        return max(_QUIET_REL * max(levels), _QUIET_FLOOR * min(levels))
+
     def _refine_silence_start(self, start: float) -> float:
         """Move ``start`` back over the trailing quiet frames (bounded; see the module doc)."""
-        levels = [rms for _, rms in self._levels]
-        if not levels:
+        if not self._levels:
             return start
-        quiet = max(_QUIET_REL * max(levels), _QUIET_FLOOR * min(levels))
+        quiet = self._quiet_level()
         earliest = None
         for frame_start, rms in reversed(self._levels):
             if rms > quiet:
@@ -361,6 +423,7 @@ class VoiceActivityDetector:
         self.stream.reset()
         self._fill = 0
         self._levels.clear()
+        self._tail_rms = 0.0
         self._window_voiced = False
         self._in_speech = False
         self._run_start = self._silence_start = self._last_end = None
