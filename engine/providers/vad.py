@@ -52,7 +52,13 @@ rejected: see actors/decoder.py.)
 
 Time: ``feed(pcm, t)`` takes ``t`` = the clock at the END of the frame; a window's
 times are derived from the frame it completes in, so uneven frame arrival (jitter)
-is followed rather than accumulated.
+is followed rather than accumulated. Event times (``SpeechStarted.t``,
+``SpeechEnded.t``) are on that clock. Durations that decide something (the
+hangover) are counted in *audio* time, the seconds of audio fed: a frame that
+arrives a few ms early or late says nothing about how long the caller has been
+silent. (Counted on the arrival clock, the frame that completes the hangover was
+taken as short of it about half the time under load, and the end waited a frame
+more: 13 ms median at 50 calls.)
 
 Benchmark: ``python -m engine.providers.vad --bench`` prints µs per 20 ms frame
 for speech, silence and noise (not a test: timings depend on the machine).
@@ -197,6 +203,7 @@ class VoiceActivityDetector:
         "_neg_threshold", "_window", "_window_s", "_session", "stream", "_buf", "_fill",
         "_webrtc", "_gate_frame_bytes", "_window_voiced", "_in_speech", "_run_start", "_silence_start",
         "_last_end", "_closed", "_windows", "_silero_calls", "_levels", "_speech_start", "_tail_rms",
+        "_audio", "_silence_audio", "_speech_start_audio", "_run_start_audio",
     )
 
     def __init__(
@@ -238,7 +245,15 @@ class VoiceActivityDetector:
 
             self._webrtc = webrtcvad.Vad(_WEBRTC_MODE)
         # (frame start time, frame RMS as a fraction of full scale), most recent frames.
-        self._levels: deque[tuple[float, float]] = deque(maxlen=_RECENT)
+        # (frame start time, frame RMS as a fraction of full scale, frame start in
+        # audio time), most recent frames.
+        self._levels: deque[tuple[float, float, float]] = deque(maxlen=_RECENT)
+        # Audio time: seconds of audio fed so far. The hangover is counted in it
+        # (see the module docstring), with the silence start's audio time.
+        self._audio = 0.0
+        self._silence_audio = 0.0
+        self._speech_start_audio = 0.0
+        self._run_start_audio = 0.0
         # Loudest RMS of the frames holding audio no window has scored yet (0.0: none).
         self._tail_rms = 0.0
         self._gate_frame_bytes = (sample_rate // 100 * 2, sample_rate // 50 * 2, sample_rate * 3 // 100 * 2)
@@ -276,8 +291,9 @@ class VoiceActivityDetector:
         """When ``SpeechEnded`` becomes due if nothing changes (``feed``'s clock), else None.
 
         ``silence_start + hangover`` while in speech with a silence begun; None
-        otherwise (not in speech, or the caller is talking). The first frame
-        that ends at or after it ends the speech, unless audio fed since the last
+        otherwise (not in speech, or the caller is talking). The frame that
+        completes ``hangover`` of audio after the silence start (at real-time
+        arrival, the first frame that ends at or after this time) ends the speech, unless audio fed since the last
         scored window is loud (then a later frame or window decides).
         """
         start = self._silence_start
@@ -310,6 +326,7 @@ class VoiceActivityDetector:
             raise ValueError("VoiceActivityDetector is closed")
         if self._last_end is None and self._silence_start is None:
             self._silence_start = t - n_bytes / 2 / self.sample_rate
+            self._silence_audio = self._audio
         if self._webrtc is None or n_bytes not in self._gate_frame_bytes:
             frame_voiced = True  # no pre-gate, or a size webrtcvad cannot judge
         else:
@@ -318,10 +335,12 @@ class VoiceActivityDetector:
         samples = np.frombuffer(pcm16_20ms, dtype="<i2").astype(np.float32)
         n = samples.size
         rms = 0.0
+        audio_start = self._audio
+        self._audio = audio_end = audio_start + n / self.sample_rate
         if n:
             samples *= _INT16_SCALE
             rms = float(np.sqrt(np.dot(samples, samples) / n))
-            self._levels.append((t - n / self.sample_rate, rms))
+            self._levels.append((t - n / self.sample_rate, rms, audio_start))
         events: list[SpeechStarted | SpeechEnded] = []
         window = self._window
         done = 0
@@ -332,8 +351,8 @@ class VoiceActivityDetector:
             self._fill += take
             done += take
             while self._fill >= window:
-                end = t - (n - done + self._fill - window) / self.sample_rate
-                self._analyse(end, events)
+                behind = (n - done + self._fill - window) / self.sample_rate
+                self._analyse(t - behind, audio_end - behind, events)
                 rest = self._fill - window
                 # What is left belongs to this frame: its verdict opens the next window.
                 self._window_voiced = frame_voiced and rest > 0
@@ -348,23 +367,24 @@ class VoiceActivityDetector:
         start = self._silence_start
         if self._in_speech and start is not None:
             # Between windows too: the end is decided within a frame of being due.
-            ended = self._end_if_due(start, t)
+            ended = self._end_if_due(start)
             if ended is not None:
                 events.append(ended)
         return events
 
-    def _end_if_due(self, start: float, now: float) -> SpeechEnded | None:
+    def _end_if_due(self, start: float) -> SpeechEnded | None:
         """In speech with a silence begun at ``start`` (the caller checked): end the
-        speech at ``now`` if the hangover has elapsed and the unscored tail is quiet."""
-        if not (now - start) * 1000.0 >= self.hangover_ms - 1e-6:  # (NaN: not due)
+        speech if the hangover has elapsed in audio time and the unscored tail is quiet."""
+        if (self._audio - self._silence_audio) * 1000.0 < self.hangover_ms - 1e-6:
             return None
         if self._tail_rms > 0.0 and self._tail_rms > self._quiet_level():
             return None  # maybe speaking again: the next window's silero verdict decides
         self._in_speech = False
         return SpeechEnded(t=start)
 
-    def _analyse(self, end: float, events: list[SpeechStarted | SpeechEnded]) -> None:
-        """Score the window in ``_buf[:window]`` ending at ``end``; update the state."""
+    def _analyse(self, end: float, audio_end: float, events: list[SpeechStarted | SpeechEnded]) -> None:
+        """Score the window in ``_buf[:window]`` ending at ``end`` (``audio_end`` in
+        audio time); update the state."""
         self._windows += 1
         if self._window_voiced:
             p = self._session.score(self.stream, self._buf[: self._window])
@@ -372,14 +392,17 @@ class VoiceActivityDetector:
         else:
             p = 0.0
         start = end - self._window_s
+        audio_start = audio_end - self._window_s
         self._last_end = end
         if not self._in_speech:
             if p >= self.threshold:
                 if self._run_start is None:
                     self._run_start = start
+                    self._run_start_audio = audio_start
                 if (end - self._run_start) * 1000.0 >= self.min_speech_ms - 1e-6:
                     self._in_speech = True
                     self._speech_start = self._run_start
+                    self._speech_start_audio = self._run_start_audio
                     self._silence_start = None
                     events.append(SpeechStarted(t=self._run_start))
                     self._run_start = None
@@ -389,8 +412,8 @@ class VoiceActivityDetector:
         if p >= self.threshold:
             self._silence_start = None
         elif p < self._neg_threshold and self._silence_start is None:
-            self._silence_start = self._refine_silence_start(start)
-        if self._silence_start is not None and (end - self._silence_start) * 1000.0 >= self.hangover_ms - 1e-6:
+            self._silence_start, self._silence_audio = self._refine_silence_start(start, audio_start)
+        if self._silence_start is not None and (audio_end - self._silence_audio) * 1000.0 >= self.hangover_ms - 1e-6:
             self._in_speech = False
             events.append(SpeechEnded(t=self._silence_start))
 
@@ -399,22 +422,27 @@ class VoiceActivityDetector:
         loudest recent frame or within ``_QUIET_FLOOR``x of the quietest (0.0: no frames)."""
         if not self._levels:
             return 0.0
-        levels = [rms for _, rms in self._levels]
+        levels = [rms for _, rms, _ in self._levels]
         return max(_QUIET_REL * max(levels), _QUIET_FLOOR * min(levels))
 
-    def _refine_silence_start(self, start: float) -> float:
-        """Move ``start`` back over the trailing quiet frames (bounded; see the module doc)."""
+    def _refine_silence_start(self, start: float, audio_start: float) -> tuple[float, float]:
+        """Move ``start`` (``audio_start`` in audio time) back over the trailing quiet
+        frames (bounded; see the module doc). Returns both times."""
         if not self._levels:
-            return start
+            return start, audio_start
         quiet = self._quiet_level()
         earliest = None
-        for frame_start, rms in reversed(self._levels):
+        for frame_start, rms, frame_audio in reversed(self._levels):
             if rms > quiet:
                 break
-            earliest = frame_start
-        if earliest is None or earliest >= start:
-            return start
-        return max(earliest, start - _MAX_REFINE_S, self._speech_start)
+            earliest = (frame_start, frame_audio)
+        if earliest is None or earliest[1] >= audio_start:
+            return start, audio_start
+        # The bounds, in audio time (where the audio is): at most _MAX_REFINE_S back,
+        # and not before the speech began.
+        back = max(audio_start - earliest[1], 0.0)
+        back = min(back, _MAX_REFINE_S, max(audio_start - self._speech_start_audio, 0.0))
+        return start - back, audio_start - back
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -424,6 +452,7 @@ class VoiceActivityDetector:
         self._fill = 0
         self._levels.clear()
         self._tail_rms = 0.0
+        self._audio = self._silence_audio = self._speech_start_audio = self._run_start_audio = 0.0
         self._window_voiced = False
         self._in_speech = False
         self._run_start = self._silence_start = self._last_end = None
