@@ -33,6 +33,7 @@ socket after its owner is gone.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -89,6 +90,13 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             log.warning("unknown setting in the environment", extra={"variable": var})
         runtime = await trio.to_thread.run_sync(Runtime.create, settings)
         state["runtime"] = runtime
+        # Everything loaded so far (modules, the app, models, providers) lives as
+        # long as the process: move it out of the cyclic collector's reach. A full
+        # collection then scans only what calls create, not the whole start-up
+        # heap; it took 88 ms with every call stalled (measured at 50 calls, a
+        # stall heard as an underrun on every call).
+        gc.collect()
+        gc.freeze()
         await app.nursery.start(runtime.run)
         await start_whatsapp(app, runtime)
 
