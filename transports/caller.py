@@ -43,7 +43,9 @@ per tick). Nothing is logged per frame; numbers go into :class:`CallResult`.
 
 Timing conventions: every ``*_ms`` field is milliseconds since ``start`` was sent
 (``trio.current_time()``; real time under a real clock). ``speech_end_ms`` is the
-moment the last *voiced* frame of a line ends (its send time + 20 ms); a clip's
+moment the last *voiced* frame of a line ends, which is when it is sent: as
+Twilio does, a frame leaves once its 20 ms of audio have been captured (the frame
+of stream time ``[k*20, k*20+20)`` ms is sent at ``(k+1)*20`` ms). A clip's
 leading and trailing silence is sent but not counted as speech.
 
 Cost. The load tester runs many callers in one process on the cores of the server
@@ -819,7 +821,12 @@ class SimulatedCaller:
         t0 = self._t0
         tick = 0
         while True:
-            deadline = t0 + tick * FRAME_S
+            # Twilio sends a frame once its 20 ms of audio have been captured: the
+            # frame whose audio starts at stream time tick * 20 ms leaves at the end
+            # of that audio, (tick + 1) * 20 ms. (Sending it at its start put every
+            # frame 20 ms ahead of the speech it carries and flattered every latency
+            # measured from the caller's speech by one frame.)
+            deadline = t0 + (tick + 1) * FRAME_S
             await trio.sleep_until(deadline)
             now = trio.current_time()
             if now - deadline > _LATE_S:
