@@ -42,6 +42,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
+import socket as _socket_mod
+import struct
 from typing import Any, Callable
 
 import trio
@@ -79,10 +81,13 @@ class BorrowedWebSocket:
     hypercorn closes the connection instead of reading on.
     """
 
-    __slots__ = ("fd", "ws", "fragment", "max_message", "early", "_takeover")
+    __slots__ = ("fd", "ws", "fragment", "max_message", "early", "_takeover", "_socket")
 
-    def __init__(self, fd: int, ws: Any, fragment: Any, max_message: int, early: list[Any], takeover: _Takeover) -> None:
-        self.fd = fd
+    def __init__(
+        self, socket: Any, ws: Any, fragment: Any, max_message: int, early: list[Any], takeover: _Takeover
+    ) -> None:
+        self._socket = socket  # hypercorn's trio socket (its stream's)
+        self.fd = socket.fileno()
         self.ws = ws
         self.fragment = fragment
         self.max_message = max_message
@@ -94,6 +99,20 @@ class BorrowedWebSocket:
         if not self._takeover.released.is_set():
             self._takeover.broken = broken
             self._takeover.released.set()
+
+    def abort(self) -> None:
+        """Cut the connection now (a reset, as fix 4 does for a stalled write) and
+        give it back broken: hypercorn then ends the connection without writing to
+        it. For a peer that stopped reading, or a stream cut mid-frame. Idempotent;
+        never blocks. The borrower must stop using ``fd`` first."""
+        if self._takeover.released.is_set():
+            return
+        try:
+            self._socket.setsockopt(_socket_mod.SOL_SOCKET, _socket_mod.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self._socket.close()  # trio's close: wakes any waiter on fd, then closes it
+        self.give_back(broken=True)
 
 
 async def borrow_websocket(receive: Callable[[], Any]) -> BorrowedWebSocket | None:
@@ -148,7 +167,7 @@ async def borrow_websocket(receive: Callable[[], Any]) -> BorrowedWebSocket | No
         server._cx_takeover = None
         return None
     return BorrowedWebSocket(
-        sock.fileno(), stream.connection, stream.buffer, server.config.websocket_max_message_size, early, takeover
+        sock, stream.connection, stream.buffer, server.config.websocket_max_message_size, early, takeover
     )
 
 #: Longest one chunk's socket write may take (4.). A peer that takes longer to

@@ -143,8 +143,8 @@ class MediaSocket:
     flushed by whoever awaits (:meth:`send_text`, :meth:`wait_send_stalled`)
     and by the next write. :meth:`release` gives the connection back to the
     server (:meth:`close` does it first); a backlog still unwritten then means a
-    partial frame, and the server drops the connection instead of framing a
-    close after it.
+    partial frame and a peer that does not read, and the connection is reset
+    instead of a close being framed after it.
     """
 
     __slots__ = (
@@ -261,17 +261,16 @@ class MediaSocket:
         broken = bool(self._backlog)
         self._backlog.clear()
         self._sock = None
-        if broken:
-            # Cut mid-frame: end the connection now, so no write of the server's
-            # (a close frame) waits on a peer that does not read.
-            try:
-                sock.shutdown(_socket.SHUT_RDWR)
-            except OSError:
-                pass
         sock.detach()
-        self._lent.give_back(broken=broken)
-        if broken and self.state is SocketState.OPEN:
-            self.state = SocketState.CLOSED  # the stream is cut mid-frame: nothing more can be framed
+        if broken:
+            # Unwritten bytes: the stream would be cut mid-frame, and the peer is
+            # not reading. Reset the connection now, so nothing of the server's (a
+            # close frame) waits on it.
+            self._lent.abort()
+            if self.state is SocketState.OPEN:
+                self.state = SocketState.CLOSED
+        else:
+            self._lent.give_back()
 
     async def refuse(self, status: int, body: str, close_code: int) -> None:
         """Refuse the upgrade: an HTTP ``status`` response with ``body`` where the
@@ -519,8 +518,9 @@ class MediaSocket:
     async def wait_send_stalled(self, timeout: float | None = None) -> None:
         """Return once a single send has been in progress ``timeout`` seconds
         (default ``send_timeout``); in direct mode, once the backlog has waited
-        that long (meanwhile this task flushes it). Sleeps while sends complete:
-        one wakeup per ``timeout`` when idle, none per message."""
+        that long (meanwhile this task flushes it), having reset the connection
+        (the peer is not reading; nothing more can reach it). Sleeps while sends
+        complete: one wakeup per ``timeout`` when idle, none per message."""
         limit = self.send_timeout if timeout is None else timeout
         while True:
             if self._sock is not None:
@@ -533,6 +533,10 @@ class MediaSocket:
                 with trio.move_on_at(self._backlog_since + limit):
                     await self._drain()
                 if self._backlog and self._sock is not None and self.close_code is None:
+                    # A stalled peer: reset the connection at once (release with a
+                    # backlog aborts it), as hypercorn_fixes 4 does on the ASGI path.
+                    self.release()
+                    self.close_code = CLOSE_ABNORMAL
                     return
                 continue
             since = self._send_since
