@@ -45,6 +45,7 @@ psutil sampling and the admin HTTP requests, which go through
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -419,6 +420,10 @@ async def run_loadtest(
         raise ValueError("--ramp and --duration must be >= 0")
     script = parse_script(script if script is not None else DEFAULT_SCRIPT)
     steps = await synthesize_script(script)
+    # The measuring process must not pause to collect its start-up heap in the
+    # middle of a call (it stamps every frame it hears): freeze it out of the GC.
+    gc.collect()
+    gc.freeze()
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     base = f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.hostname}:{port}"
