@@ -35,7 +35,9 @@ from engine.messages import (
 )
 from engine.providers.base import SpeechToText, SttSession
 
-PREROLL_CHUNKS = 5  # ~300 ms at 60 ms batches
+#: Audio kept before ``SpeechStarted`` for batch recognizers: 300 ms of 8 kHz PCM16,
+#: whatever the batch size (more leading silence makes whisper guess worse).
+PREROLL_BYTES = 300 * 16
 
 
 class SttActor(PykkaActor):
@@ -56,7 +58,8 @@ class SttActor(PykkaActor):
         self._session: SttSession | None = None
         self._replayed_upto = 0
         self._in_utterance = False
-        self._preroll: deque[bytes] = deque(maxlen=PREROLL_CHUNKS)
+        self._preroll: deque[bytes] = deque()
+        self._preroll_bytes = 0
         self._last_ue_seq = 0
         self._trimmed_upto = 0
         self._final_pending_trim = False
@@ -89,11 +92,7 @@ class SttActor(PykkaActor):
                 return
             self._feed(msg)
         elif isinstance(msg, SpeechStarted):
-            self._in_utterance = True
-            if not self._streaming and self._session is not None:
-                for pcm in self._preroll:
-                    self._session.push_audio(pcm)
-                self._preroll.clear()
+            self._begin_utterance()
 
     # ---- internals -------------------------------------------------------------------
 
@@ -113,10 +112,27 @@ class SttActor(PykkaActor):
         if self._streaming:
             session.push_audio(item.pcm16)
         elif self._in_utterance or item.in_speech:
-            self._in_utterance = True
+            # The decoder sends the chunk that holds the detection before
+            # SpeechStarted itself: the pre-roll goes first either way.
+            self._begin_utterance()
             session.push_audio(item.pcm16)
         else:
-            self._preroll.append(item.pcm16)
+            preroll = self._preroll
+            preroll.append(item.pcm16)
+            self._preroll_bytes += len(item.pcm16)
+            while len(preroll) > 1 and self._preroll_bytes - len(preroll[0]) >= PREROLL_BYTES:
+                self._preroll_bytes -= len(preroll.popleft())
+
+    def _begin_utterance(self) -> None:
+        """Speech began: a batch recognizer gets the pre-roll now, in order, once."""
+        if self._in_utterance:
+            return
+        self._in_utterance = True
+        if not self._streaming and self._session is not None:
+            for pcm in self._preroll:
+                self._session.push_audio(pcm)
+        self._preroll.clear()
+        self._preroll_bytes = 0
 
     def _on_transcript(self, tr: Transcript) -> None:
         # Any thread (a gRPC reader or this actor's own thread).

@@ -213,7 +213,7 @@ async def test_ten_concurrent_calls_all_complete(host: HostProcess) -> None:
     for r in results:
         record = await trio.to_thread.run_sync(lambda sid=r.call_sid: host.call_record(sid, turns=1))
         assert "open" in record["turns"][0]["transcript"].lower()
-        assert "sunday" in record["turns"][0]["reply"].lower()
+        assert "sunday" in record["turns"][0]["reply"].lower(), (record["turns"][0]["transcript"], record["turns"][0]["stamps"])
 
 
 async def test_live_call_shows_its_tree_and_state(host: HostProcess) -> None:

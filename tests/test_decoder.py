@@ -18,6 +18,7 @@ import trio.testing
 
 from actors.decoder import Decoder
 from engine.actor import TrioActor
+from engine import audio as engine_audio
 from engine.audio import frames, ulaw_encode
 from engine.audio_history import AudioHistory
 from engine.messages import AudioChunk, CallerFrame, SpeechEnded, SpeechStarted, UtteranceEnded
@@ -152,3 +153,69 @@ async def test_speech_that_resumes_before_the_hangover_is_one_turn(autojump_cloc
         (t_sent, ev), = call.of(call.planner, SpeechEnded)
         assert ev.t > first_due  # the end of the second stretch, not the first
         call.sup.request_stop()
+
+
+class RecordingBatchStt:
+    """A batch recognizer (the ``SpeechToText`` protocol, ``streaming=False``, as
+    whisper) that records the audio pushed to it, in order."""
+
+    name = "recording"
+    streaming = False
+
+    def __init__(self) -> None:
+        self.pushed: list[bytes] = []
+        self.ended = 0
+
+    def open_session(self, **kw: Any) -> "RecordingBatchStt":
+        return self
+
+    def push_audio(self, pcm16: bytes) -> None:
+        self.pushed.append(pcm16)
+
+    def end_utterance(self) -> None:
+        self.ended += 1
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("batch_ms", [60, 100])
+async def test_a_batch_recognizer_gets_the_pre_roll_then_the_speech_in_order(line: bytes, batch_ms: int) -> None:
+    """The decoder sends the chunk that holds the speech detection before
+    SpeechStarted; the recognizer must still hear the pre-roll first, then the
+    speech, as one contiguous stretch of the caller's audio (a pre-roll played
+    after the onset garbled the first word: "When do you open" -> "and do your open")."""
+    from actors.stt import SttActor
+
+    provider = RecordingBatchStt()
+    history = AudioHistory()
+    vad = VoiceActivityDetector(hangover_ms=200)
+    others: list[tuple[float, Any]] = []
+    sup = Supervisor(
+        "call",
+        [
+            ChildSpec("stt", lambda ctx: SttActor.start(ctx, provider, history, language="en")),
+            ChildSpec("planner", lambda ctx: Recorder(others)),
+            ChildSpec("pacer", lambda ctx: Recorder(others)),
+            ChildSpec("decoder", lambda ctx: Decoder(vad, history, batch_ms=batch_ms)),
+        ],
+    )
+    whole = line[: len(line) // (FRAME * 2) * FRAME * 2]
+    audio = silence(1.0) + whole + silence(0.6)
+    mulaw = ulaw_encode(audio)
+    async with trio.open_nursery() as n:
+        await n.start(run_root, sup)
+        for i, f in enumerate(frames(mulaw, FRAME)):
+            sup.tell_role("decoder", CallerFrame(mulaw=f, t=(i + 1) * FRAME / RATE))
+        with trio.fail_after(10):
+            while provider.ended == 0:
+                await trio.sleep(0.01)
+        sup.request_stop()
+    heard = b"".join(provider.pushed)
+    decoded = b"".join(engine_audio.ulaw_decode(f) for f in frames(mulaw, FRAME))
+    start = decoded.find(heard)
+    assert start >= 0, "the recognizer's audio is not one contiguous stretch of the caller's"
+    speech_at = len(silence(1.0))
+    assert 0 < speech_at - start  # audio from before the line began (the pre-roll)
+    assert len(heard) - (len(whole) + (speech_at - start)) <= 0.6 * RATE * 2  # not the whole silence
+    assert start + len(heard) >= speech_at + len(whole)  # and all of the speech
