@@ -58,7 +58,7 @@ class Decoder(TrioActor):
 
     inline = True
 
-    def __init__(self, vad: Any, history: AudioHistory, *, batch_ms: int = 60) -> None:
+    def __init__(self, vad: Any, history: AudioHistory, *, batch_ms: int = 100) -> None:
         """``vad``: a ``VoiceActivityDetector`` (``feed``, ``in_speech``, ``close``),
         owned from here on."""
         super().__init__()
