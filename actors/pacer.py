@@ -58,6 +58,12 @@ _TOP_UP_S = (FRAMES_PER_WAKE - 1) * FRAME_S
 
 
 class Pacer(TrioActor):
+    #: Inline (``TrioActor``): a message is handled in its sender's task, and new
+    #: audio that is due goes out at once from there (``_pump``), instead of one
+    #: task switch to this actor and another to its send loop: the first frame of
+    #: a reply and a barge-in's ``clear`` leave as soon as their cause arrives.
+    inline = True
+
     def __init__(
         self,
         *,
@@ -75,6 +81,8 @@ class Pacer(TrioActor):
         self._partial = b""
         self._partial_turn = -1
         self._wakeup = trio.Event()
+        self._next_deadline = 0.0  # trio time at which the next queued frame is due
+        self._drained = True  # the queue ran empty since the last frame: restart the schedule
         self._pending_marks: dict[str, int] = {}
         self._first_frame_sent: set[int] = set()
         self._current_turn = -1  # the turn whose audio is playing or queued
@@ -92,7 +100,7 @@ class Pacer(TrioActor):
             self._enqueue_end(0)
         self.nursery.start_soon(self._send_loop)
 
-    async def receive(self, msg: Any) -> None:
+    def receive_inline(self, msg: Any) -> None:
         if isinstance(msg, AgentAudio):
             if msg.turn_id in self._cleared_turns:
                 return  # audio of an interrupted reply still in flight
@@ -100,6 +108,7 @@ class Pacer(TrioActor):
                 self._enqueue(msg.turn_id, msg.mulaw)
             if msg.last:
                 self._enqueue_end(msg.turn_id)
+            self._pump()
         elif isinstance(msg, SpeechStarted):
             if self.agent_audio_outstanding:
                 self._clear(msg.t)
@@ -152,6 +161,7 @@ class Pacer(TrioActor):
             turns.add(self._partial_turn)
         self._queue.clear()
         self._frames_queued = 0
+        self._drained = True
         self._partial = b""
         self._pending_marks.clear()
         self.clears += 1
@@ -160,37 +170,51 @@ class Pacer(TrioActor):
             self._cleared_turns.add(turn)
             self.ctx.send("planner", PlaybackCleared(turn_id=turn, t=t))
 
-    async def _send_loop(self) -> None:
-        """Owns the send schedule. One frame per 20 ms, ``lead`` ahead of real time."""
-        next_deadline = trio.current_time()
+    def _pump(self) -> None:
+        """Send every queued item due within the lead (synchronous; trio thread).
+
+        Deadlines are absolute: each frame's is the previous one's + 20 ms. When
+        the queue had run empty (an idle gap) the schedule restarts from now; when
+        it fell behind by more than the lead (an underrun) too; a smaller lag is
+        made up by sending the frames due at once."""
+        queue = self._queue
+        if not queue:
+            return
+        now = trio.current_time()
+        next_deadline = self._next_deadline
+        if (self._drained and next_deadline < now) or next_deadline < now - self._lead:
+            next_deadline = now
+        self._drained = False
+        horizon = now + self._lead
         send = self.ctx.send
+        while queue and next_deadline <= horizon:
+            turn, item = queue.popleft()
+            if item is _END:
+                name = f"turn-{turn}"
+                self._pending_marks[name] = turn
+                send("transport", OutboundMark(name=name))
+                continue
+            self._frames_queued -= 1
+            send("transport", OutboundMedia(mulaw=item))
+            self.frames_sent += 1
+            if turn not in self._first_frame_sent:
+                self._first_frame_sent.add(turn)
+                send("planner", ReplyStamp(turn_id=turn, name="first_frame", t=time.monotonic()))
+            next_deadline += FRAME_S
+        self._next_deadline = next_deadline
+        if not queue:
+            self._drained = True
+
+    async def _send_loop(self) -> None:
+        """Owns the send schedule between arrivals: wakes when queued frames fall
+        due (``lead`` ahead of real time) and sends them (``_pump``)."""
         while True:
             if not self._queue:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
-                now = trio.current_time()
-                if next_deadline < now:
-                    next_deadline = now  # idle gap: restart the schedule from now
-            now = trio.current_time()
-            horizon = now + self._lead
-            if next_deadline < now - self._lead:
-                next_deadline = now  # we fell behind by more than the lead: underrun
-            while self._queue and next_deadline <= horizon:
-                turn, item = self._queue.popleft()
-                if item is _END:
-                    name = f"turn-{turn}"
-                    self._pending_marks[name] = turn
-                    send("transport", OutboundMark(name=name))
-                    continue
-                self._frames_queued -= 1
-                send("transport", OutboundMedia(mulaw=item))
-                self.frames_sent += 1
-                if turn not in self._first_frame_sent:
-                    self._first_frame_sent.add(turn)
-                    send("planner", ReplyStamp(turn_id=turn, name="first_frame", t=time.monotonic()))
-                next_deadline += FRAME_S
+            self._pump()
             if self._queue:
                 # Wake when the audio ahead of real time has fallen to one lead less
                 # (FRAMES_PER_WAKE - 1) frames, then top it up: FRAMES_PER_WAKE frames
                 # per wake-up instead of one (a wake-up costs more than a frame).
-                await trio.sleep_until(next_deadline - self._lead + _TOP_UP_S)
+                await trio.sleep_until(self._next_deadline - self._lead + _TOP_UP_S)

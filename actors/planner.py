@@ -152,6 +152,11 @@ class _Reply:
 
 
 class Planner(TrioActor):
+    #: Inline (``TrioActor``): handling a message never waits (generation runs in
+    #: its own task), so it is handled in the sender's task: the end of a turn
+    #: starts the reply without a task switch to this actor first.
+    inline = True
+
     def __init__(
         self,
         *,
@@ -231,7 +236,7 @@ class Planner(TrioActor):
 
     # ---- messages (trio thread) --------------------------------------------------------
 
-    async def receive(self, msg: Any) -> None:
+    def receive_inline(self, msg: Any) -> None:
         now = time.monotonic()
         if isinstance(msg, Transcript):
             self._on_transcript(msg, now)
