@@ -156,8 +156,11 @@ async def borrow_websocket(receive: Callable[[], Any]) -> BorrowedWebSocket | No
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(granted)
-        while True:
-            early.append(await channel.receive())
+        try:
+            while True:
+                early.append(await channel.receive())
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            await trio.sleep_forever()  # nothing more can come; wait for the grant
     while True:
         try:
             early.append(channel.receive_nowait())
