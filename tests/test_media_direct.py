@@ -300,6 +300,7 @@ async def test_a_peer_that_stops_reading_is_cut_off_and_the_backlog_kept_in_orde
                     await trio.sleep(0)
         result["timed_out"] = scope.cancelled_caught
         await sock.close()
+        result["done"] = True
 
     async with trio.open_nursery() as nursery:
         port = await start_server(nursery, handler)
@@ -326,6 +327,9 @@ async def test_a_peer_that_stops_reading_is_cut_off_and_the_backlog_kept_in_orde
                     c.events.extend(c.ws.events())
                 except Exception:  # noqa: BLE001 - the cut frame at the end
                     break
+        with trio.fail_after(5):
+            while "done" not in result:  # the handler has finished
+                await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     assert result["direct"] is True and result["timed_out"] is False
     numbers = [int(t[:6]) for t in c.texts() if len(t) == 2006]
