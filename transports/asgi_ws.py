@@ -19,6 +19,12 @@ Two pieces:
   ``close``, and refusals through hypercorn's ``websocket.http.response``
   extension when the server offers it.
 
+Direct mode (round 3): once accepted, the socket may borrow the connection
+from hypercorn (``MediaSocket.take_over``, ``engine.hypercorn_fixes`` fix 5) and
+read and write it itself; then not even hypercorn's per-message path (its read
+task, protocol layers, app queue, send lock) is left between the peer and the
+transport. Where the server cannot lend it, everything stays on ASGI.
+
 Ownership: the host's handler owns the socket (it accepts or refuses it and
 closes it at the end); the call's transport actor only reads and writes through
 the object while the call tree lives. All methods run on the trio thread; the
