@@ -65,6 +65,13 @@ async def start_server(nursery: trio.Nursery, handler: App, **config: Any) -> in
     return int(binds[0].rsplit(":", 1)[1])
 
 
+async def open_direct(sock: MediaSocket) -> bool:
+    """Take the upgrade, accept it, and borrow the connection (True if lent)."""
+    assert await sock.connect()
+    await sock.accept()
+    return await sock.take_over()
+
+
 class Client:
     """A raw WebSocket client: wsproto over a trio socket."""
 
@@ -169,9 +176,7 @@ async def test_a_ping_is_answered_and_a_peer_close_ends_receive_with_its_code() 
     result: dict[str, Any] = {}
 
     async def handler(sock: MediaSocket) -> None:
-        await sock.connect()
-        await sock.accept()
-        result["direct"] = await sock.take_over()
+        result["direct"] = await open_direct(sock)
         result["got"] = await sock.receive()
         result["after_close"] = await sock.receive()
         result["code"] = sock.close_code
@@ -202,9 +207,7 @@ async def test_an_oversized_message_is_refused_with_1009() -> None:
     result: dict[str, Any] = {}
 
     async def handler(sock: MediaSocket) -> None:
-        await sock.connect()
-        await sock.accept()
-        result["direct"] = await sock.take_over()
+        result["direct"] = await open_direct(sock)
         result["got"] = await sock.receive()
         result["code"] = sock.close_code
         await sock.close()
@@ -256,9 +259,7 @@ async def test_without_a_loan_the_socket_stays_on_asgi(config: dict[str, Any]) -
     result: dict[str, Any] = {}
 
     async def handler(sock: MediaSocket) -> None:
-        await sock.connect()
-        await sock.accept()
-        result["direct"] = await sock.take_over()
+        result["direct"] = await open_direct(sock)
         result["got"] = (await sock.receive())[0]
         result["nowait"] = sock.send_text_nowait("no")
         await sock.send_text("echo " + result["got"])
