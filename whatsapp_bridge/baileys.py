@@ -51,18 +51,23 @@ class BaileysInbound:
     to: str
 
 
-def _string(obj: Mapping[str, Any], key: str, *, required: bool, nonempty: bool, max_len: int) -> str:
-    if key not in obj or obj[key] is None:
+def string_field(obj: Mapping[str, Any], key: str, *, required: bool, max_len: int, where: str = "") -> str:
+    """``obj[key]`` as a string of at most ``max_len`` characters. Required: present
+    and not blank; otherwise an absent or null field is ``""``. ``where`` names the
+    field in the error (default ``key``). Raises ``PayloadError``. Shared by the
+    Baileys and Cloud API parsers, so both word their errors alike."""
+    where = where or key
+    value = obj.get(key)
+    if value is None:
         if required:
-            raise PayloadError(key, f"field '{key}' is missing")
+            raise PayloadError(where, f"field '{where}' is missing")
         return ""
-    value = obj[key]
     if not isinstance(value, str):
-        raise PayloadError(key, f"field '{key}' must be a string, got {type(value).__name__}")
-    if nonempty and not value.strip():
-        raise PayloadError(key, f"field '{key}' must not be empty")
+        raise PayloadError(where, f"field '{where}' must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise PayloadError(where, f"field '{where}' must not be empty")
     if len(value) > max_len:
-        raise PayloadError(key, f"field '{key}' is longer than {max_len} characters")
+        raise PayloadError(where, f"field '{where}' is longer than {max_len} characters")
     return value
 
 
@@ -76,12 +81,12 @@ def parse_inbound(obj: Any, *, max_text_chars: int) -> BaileysInbound:
     """
     if not isinstance(obj, dict):
         raise PayloadError("body", f"body must be a JSON object, got {type(obj).__name__}")
-    msg_id = _string(obj, "id", required=True, nonempty=True, max_len=MAX_ID_CHARS)
-    chat = _string(obj, "chat", required=True, nonempty=True, max_len=MAX_JID_CHARS)
-    text = _string(obj, "text", required=True, nonempty=True, max_len=max_text_chars)
-    sender = _string(obj, "from", required=False, nonempty=False, max_len=MAX_JID_CHARS) or chat
-    push_name = _string(obj, "push_name", required=False, nonempty=False, max_len=MAX_JID_CHARS)
-    to = _string(obj, "to", required=False, nonempty=False, max_len=MAX_JID_CHARS)
+    msg_id = string_field(obj, "id", required=True, max_len=MAX_ID_CHARS)
+    chat = string_field(obj, "chat", required=True, max_len=MAX_JID_CHARS)
+    text = string_field(obj, "text", required=True, max_len=max_text_chars)
+    sender = string_field(obj, "from", required=False, max_len=MAX_JID_CHARS) or chat
+    push_name = string_field(obj, "push_name", required=False, max_len=MAX_JID_CHARS)
+    to = string_field(obj, "to", required=False, max_len=MAX_JID_CHARS)
     ts = obj.get("timestamp", 0)
     if ts is None:
         ts = 0
@@ -96,7 +101,7 @@ def parse_qr(obj: Any) -> str:
     """``{"qr": "<non-empty string>"}`` -> the QR text; raises ``PayloadError``."""
     if not isinstance(obj, dict):
         raise PayloadError("body", f"body must be a JSON object, got {type(obj).__name__}")
-    return _string(obj, "qr", required=True, nonempty=True, max_len=8192)
+    return string_field(obj, "qr", required=True, max_len=8192)
 
 
 class SidecarChannel:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from engine.messages import ChatInbound
-from whatsapp_bridge.baileys import PayloadError
+from whatsapp_bridge.baileys import PayloadError, string_field
 from whatsapp_bridge.senders import SEND_POLICY, TYPING_POLICY, JsonPoster
 
 __all__ = [
@@ -117,19 +117,7 @@ def _dict(value: Any, where: str) -> dict[str, Any]:
 
 
 def _str(obj: Mapping[str, Any], key: str, path: str, *, max_len: int = _MAX_ID, required: bool = True) -> str:
-    where = _at(path, key)
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise PayloadError(where, f"field '{where}' is missing")
-        return ""
-    if not isinstance(value, str):
-        raise PayloadError(where, f"field '{where}' must be a string, got {type(value).__name__}")
-    if required and not value.strip():
-        raise PayloadError(where, f"field '{where}' must not be empty")
-    if len(value) > max_len:
-        raise PayloadError(where, f"field '{where}' is longer than {max_len} characters")
-    return value
+    return string_field(obj, key, required=required, max_len=max_len, where=_at(path, key))
 
 
 def parse_webhook(obj: Any, *, max_text_chars: int) -> CloudWebhook:
