@@ -1,7 +1,9 @@
 """The admin API's one bearer check, shared by every ``/admin/...`` route.
 
 Admin routes answer 401 unless ``Authorization: Bearer <CALLENGINE_ADMIN_TOKEN>``
-matches (constant-time). With no token configured the admin API is closed.
+matches (constant-time). With no token configured the admin API is closed. The
+host applies it once, before every request under ``/admin/`` (``engine.host``),
+so no route can forget it.
 """
 
 from __future__ import annotations

@@ -163,10 +163,16 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     # ---- admin -----------------------------------------------------------------------
 
+    @app.before_request
+    async def _admin_bearer() -> Any:
+        # Every /admin/... route, the WhatsApp ones included, behind one check:
+        # a route cannot be added without it.
+        if request.path.startswith("/admin/") and not admin_ok(settings, request.headers):
+            return admin_denied()
+        return None
+
     @app.get("/admin/tree")
     async def admin_tree() -> Any:
-        if not admin_ok(settings, request.headers):
-            return admin_denied()
         runtime = rt()
         if runtime.root is None:
             return jsonify({"error": "not running"}), 503
@@ -174,8 +180,6 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.get("/admin/calls")
     async def admin_calls() -> Any:
-        if not admin_ok(settings, request.headers):
-            return admin_denied()
         runtime = rt()
         limit = min(int(request.args.get("limit", "100") or 100), 1000)
         rows = await runtime.read_store(runtime.store.list_calls, limit)
@@ -192,8 +196,6 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.get("/admin/calls/<call_sid>")
     async def admin_call(call_sid: str) -> Any:
-        if not admin_ok(settings, request.headers):
-            return admin_denied()
         runtime = rt()
         row = await runtime.read_store(runtime.store.get_call, call_sid)
         live = runtime.live.get(call_sid)
@@ -205,8 +207,6 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.get("/admin/calls/<call_sid>/tree")
     async def admin_call_tree(call_sid: str) -> Any:
-        if not admin_ok(settings, request.headers):
-            return admin_denied()
         live = rt().live.get(call_sid)
         if live is None:
             return jsonify({"error": f"no live call {call_sid}"}), 404
@@ -214,8 +214,6 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.get("/admin/leads")
     async def admin_leads() -> Any:
-        if not admin_ok(settings, request.headers):
-            return admin_denied()
         runtime = rt()
         return jsonify({"leads": await runtime.read_store(runtime.store.list_leads, 200)})
 

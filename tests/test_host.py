@@ -25,6 +25,17 @@ def test_healthz_answers(host: HostProcess) -> None:
     assert body["stt"] == "whisper" and body["tts"] == "espeak" and body["llm"] == "rules"
 
 
+@pytest.mark.parametrize(
+    "path", ["/admin/calls", "/admin/calls/CAnone", "/admin/leads", "/admin/whatsapp/qr",
+             "/admin/whatsapp/chats", "/admin/no-such-route"]
+)
+def test_every_admin_path_needs_the_bearer_token(host: HostProcess, path: str) -> None:
+    status, _ = host.get(path, admin=False)
+    assert status == 401  # one check in front of /admin/..., even where no route exists
+    status, _ = host.get(path)
+    assert status != 401
+
+
 def test_admin_tree_needs_the_bearer_token(host: HostProcess) -> None:
     status, body = host.get("/admin/tree", admin=False)
     assert status == 401
