@@ -68,6 +68,12 @@ class FakeServer:
     def texts(self) -> list[str]:
         return [m["text"] for m in self.sent if m["type"] == "websocket.send"]
 
+    def begin(self, peer: tw.CallerSideStream, params: dict[str, str]) -> None:
+        """The upgrade, then Twilio's ``connected`` and ``start`` (with ``params``)."""
+        self.put({"type": "websocket.connect"})
+        self.text(peer.connected())
+        self.text(peer.start(params))
+
     def socket(self, **kw: Any) -> MediaSocket:
         return MediaSocket(self.scope, self.receive, self.send, **kw)
 
@@ -473,9 +479,7 @@ async def test_a_duplicate_call_sid_is_a_violation(autojump_clock: Any) -> None:
     async with trio.open_nursery() as nursery:
         runtime = FakeRuntime(nursery)
         runtime.live[peer.call_sid] = None  # type: ignore[assignment]
-        server.put({"type": "websocket.connect"})
-        server.text(peer.connected())
-        server.text(peer.start({}))
+        server.begin(peer, {})
         await host._serve_media(server.socket(), runtime, settings(token=""))  # type: ignore[arg-type]
     assert runtime.sample("callengine_protocol_violations_total", kind="duplicate_call_sid") == 1
     assert server.sent[-1] == {"type": "websocket.close", "code": 1000}
@@ -486,9 +490,7 @@ async def test_a_call_runs_until_stop_and_the_handler_closes_the_socket(autojump
     peer = caller("CA" + "c" * 32)
     async with trio.open_nursery() as nursery:
         runtime = FakeRuntime(nursery)
-        server.put({"type": "websocket.connect"})
-        server.text(peer.connected())
-        server.text(peer.start({"business": "biz"}))
+        server.begin(peer, {"business": "biz"})
         server.text(peer.media(b"\x7f" * 160, 0))
         server.text(peer.stop())
         await host._serve_media(server.socket(), runtime, settings(token=""))  # type: ignore[arg-type]
@@ -502,9 +504,7 @@ async def test_an_escalated_tree_gets_the_apology_then_a_close(autojump_clock: A
     peer = caller("CA" + "e" * 32)
     async with trio.open_nursery() as nursery:
         runtime = FakeRuntime(nursery, fail_stt=True)
-        server.put({"type": "websocket.connect"})
-        server.text(peer.connected())
-        server.text(peer.start({}))
+        server.begin(peer, {})
         await host._serve_media(server.socket(), runtime, settings(token=""))  # type: ignore[arg-type]
     apology = [t for t in server.texts() if '"media"' in t]
     assert len(apology) == 5
@@ -516,9 +516,7 @@ async def test_a_cancelled_handler_stops_its_tree_before_leaving(autojump_clock:
     peer = caller("CA" + "x" * 32)
     async with trio.open_nursery() as nursery:
         runtime = FakeRuntime(nursery)
-        server.put({"type": "websocket.connect"})
-        server.text(peer.connected())
-        server.text(peer.start({}))
+        server.begin(peer, {})
         with trio.move_on_after(3):  # the server shuts down mid-call
             await host._serve_media(server.socket(), runtime, settings(token=""))  # type: ignore[arg-type]
         assert runtime.live == {}  # the tree ended before the handler returned
