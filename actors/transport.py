@@ -18,11 +18,12 @@ and because it is the tree's *significant* child, the whole call tree stops.
 Bad input (non-JSON, unknown events, bad base64, wrong order, oversized,
 binary) is counted by kind and dropped; it never ends the call.
 
-Out (mailbox, or inline in the sender's task when the host borrowed the
-connection from the server: ``MediaSocket.direct``; then a send is a
-non-blocking write and the pacer's frame reaches the socket without a task
-switch): ``OutboundMedia``, ``OutboundMark``, ``OutboundClear``, ``Hangup``. Senders never block: a full mailbox (the peer reads slower than
-the pacer writes) drops and counts in ``dropped``, as for every actor.
+Out: ``OutboundMedia``, ``OutboundMark``, ``OutboundClear``, ``Hangup``;
+through the mailbox, or inline in the sender's task when the host borrowed the
+connection from the server (``MediaSocket.direct``: a send is then a
+non-blocking write, so the pacer's frame reaches the socket without a task
+switch). Senders never block: a full mailbox (the peer reads slower than the
+pacer writes) drops and counts in ``dropped``, as for every actor.
 ``Hangup`` ends the transport, hence the tree; the handler then closes the
 socket.
 

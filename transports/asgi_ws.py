@@ -93,6 +93,12 @@ CLOSE_ABNORMAL = 1006  # no close frame: the connection dropped (never sent on t
 _RECV_BYTES = 65536
 
 
+def _data(msg: Message) -> str | bytes:
+    """The payload of an ASGI ``websocket.receive``: ``str`` for text, else ``bytes``."""
+    text = msg.get("text")
+    return text if text is not None else (msg.get("bytes") or b"")
+
+
 def text_frame(payload: bytes) -> bytes:
     """One unfragmented, unmasked (server-to-client) RFC 6455 text frame."""
     n = len(payload)
@@ -247,8 +253,7 @@ class MediaSocket:
         for msg in lent.early:
             kind = msg.get("type")
             if kind == "websocket.receive":
-                text = msg.get("text")
-                self._pending.append(((text if text is not None else (msg.get("bytes") or b"")), t))
+                self._pending.append((_data(msg), t))
             elif kind == "websocket.disconnect":
                 self._peer_gone(msg)
         return True
@@ -344,8 +349,7 @@ class MediaSocket:
                 msg = {"type": "websocket.disconnect", "code": 1006}  # the server dropped the connection
             kind = msg.get("type")
             if kind == "websocket.receive":
-                text = msg.get("text")
-                return (text if text is not None else (msg.get("bytes") or b"")), _monotonic()
+                return _data(msg), _monotonic()
             if kind == "websocket.disconnect":
                 self._peer_gone(msg)
                 return None
@@ -400,10 +404,8 @@ class MediaSocket:
                     self._gone(CLOSE_MESSAGE_TOO_BIG)
                     return
                 if ev.message_finished:
-                    msg = fragment.to_message()
+                    pending.append((_data(fragment.to_message()), t))
                     fragment.clear()
-                    text = msg.get("text")
-                    pending.append(((text if text is not None else (msg.get("bytes") or b"")), t))
             elif isinstance(ev, Ping):
                 self._write_event(ev.response())
             elif isinstance(ev, CloseConnection):
