@@ -6,7 +6,7 @@ Routes (the public contract; see README):
   processes, so nothing is kept in memory between them).
 - ``WS /twilio/media``    the bidirectional Media Stream; one call tree each.
 - ``POST /twilio/status`` Twilio's status callbacks (accepted and counted).
-- ``GET /healthz``, ``GET /metrics``, ``GET /`` (dashboard),
+- ``GET /healthz``, ``GET /metrics``, ``GET /`` (the console, ``engine.console``),
   ``/admin/...`` behind ``Authorization: Bearer $CALLENGINE_ADMIN_TOKEN``.
 - WhatsApp routes are added by ``whatsapp_bridge.routes`` when present.
 
@@ -37,16 +37,16 @@ import gc
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
-from engine import hypercorn_fixes
+from engine import hypercorn_fixes, testcall
 from engine.auth import admin_denied, admin_ok
 from engine.config import Settings, load_settings
+from engine.console import register_routes as register_console_routes
 from engine.logs import setup_logging
 from engine.messages import CallInfo
 from engine.runtime import Runtime
@@ -63,7 +63,6 @@ log = logging.getLogger("callengine.host")
 
 START_TIMEOUT_S = 15.0  # how long a new media socket may take to send `start`
 TREE_STOP_TIMEOUT_S = 5.0  # how long a cancelled handler waits for its call tree to stop
-_DASHBOARD = Path(__file__).resolve().parent / "dashboard.html"
 
 
 def create_app(settings: Settings | None = None) -> QuartTrio:
@@ -81,6 +80,8 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     app.extensions["callengine"] = state
     register_whatsapp_routes(app)
+    register_console_routes(app)
+    testcall.register_routes(app, settings, rt)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -156,10 +157,6 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     async def metrics() -> Any:
         body, ctype = rt().metrics.render()
         return Response(body, content_type=ctype)
-
-    @app.get("/")
-    async def dashboard() -> Any:
-        return Response(_DASHBOARD.read_text(encoding="utf-8"), content_type="text/html; charset=utf-8")
 
     # ---- admin -----------------------------------------------------------------------
 
@@ -298,7 +295,7 @@ async def _serve_media(sock: MediaSocket, runtime: Runtime, settings: Settings) 
         return
     metrics = runtime.metrics
     token = settings.secret("twilio_auth_token")
-    if token:
+    if token and not testcall.admitted(settings, sock.path_and_query):  # a browser test call has no signature
         sig = sock.header(b"x-twilio-signature")
         host = settings.public_host or sock.header(b"host", "localhost")
         path = sock.path_and_query
