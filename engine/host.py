@@ -50,6 +50,7 @@ from engine.console import register_routes as register_console_routes
 from engine.logs import setup_logging
 from engine.messages import CallInfo
 from engine.runtime import Runtime
+from engine.store import StoreUnavailable
 from transports import signature as twsig
 from transports import twilio as tw
 from transports.asgi_ws import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, MediaRoute, MediaSocket
@@ -168,6 +169,19 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             return admin_denied()
         return None
 
+    @app.errorhandler(StoreUnavailable)
+    async def _store_unavailable(exc: StoreUnavailable) -> Any:
+        # The database is away or frozen: say so at once (reads are bounded by
+        # ``admin_timeout_s``), never a 500 and never a hang.
+        return jsonify({"error": "database unavailable", "detail": str(exc)}), 503
+
+    @app.errorhandler(BadParameter)
+    async def _bad_parameter(exc: BadParameter) -> Any:
+        return jsonify({"error": str(exc)}), 400
+
+    async def admin_read(fn: Any, *args: Any) -> Any:
+        return await rt().read_store(fn, *args, timeout=settings.admin_timeout_s)
+
     @app.get("/admin/tree")
     async def admin_tree() -> Any:
         runtime = rt()
@@ -178,13 +192,9 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     @app.get("/admin/calls")
     async def admin_calls() -> Any:
         runtime = rt()
-        limit = min(int(request.args.get("limit", "100") or 100), 1000)
-        rows = await runtime.read_store(runtime.store.list_calls, limit)
-        calls = []
-        for row in rows:
-            row = _public_call(row)
-            row["state"] = "live" if row["call_sid"] in runtime.live else "ended"
-            calls.append(row)
+        limit = int_arg("limit", default=100, maximum=1000)
+        rows = await admin_read(runtime.store.list_calls, limit)
+        calls = [_public_call(row) for row in rows]
         known = {c["call_sid"] for c in calls}
         for sid, live in runtime.live.items():
             if sid not in known:  # not yet flushed to the store
@@ -194,12 +204,11 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     @app.get("/admin/calls/<call_sid>")
     async def admin_call(call_sid: str) -> Any:
         runtime = rt()
-        row = await runtime.read_store(runtime.store.get_call, call_sid)
+        row = await admin_read(runtime.store.get_call, call_sid)
         live = runtime.live.get(call_sid)
         if row is None and live is None:
             return jsonify({"error": f"no call {call_sid}"}), 404
         out = _public_call(row) if row is not None else {**_live_row(live), "turns": [], "leads": []}
-        out["state"] = "live" if live is not None else "ended"
         return jsonify(out)
 
     @app.get("/admin/calls/<call_sid>/tree")
@@ -212,7 +221,8 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     @app.get("/admin/leads")
     async def admin_leads() -> Any:
         runtime = rt()
-        return jsonify({"leads": await runtime.read_store(runtime.store.list_leads, 200)})
+        limit = int_arg("limit", default=200, maximum=1000)
+        return jsonify({"leads": await admin_read(runtime.store.list_leads, limit)})
 
     # ---- Twilio webhooks ------------------------------------------------------------------
 
@@ -265,12 +275,36 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     return app
 
 
+class BadParameter(ValueError):
+    """A query parameter is malformed (answered 400 with this message)."""
+
+
+def int_arg(name: str, *, default: int, maximum: int) -> int:
+    """The request's ``name`` as an int in 0..``maximum`` (clamped above);
+    ``default`` when absent or empty; ``BadParameter`` when not a whole number
+    or negative."""
+    raw = request.args.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise BadParameter(f"{name} must be a whole number, got {raw[:40]!r}") from None
+    if value < 0:
+        raise BadParameter(f"{name} must not be negative, got {value}")
+    return min(value, maximum)
+
+
 def _public_call(row: Any) -> dict[str, Any]:
-    """A stored call as the admin API shows it (``business``, ``from``, ``to`` as well)."""
+    """A stored call as the admin API shows it (``business``, ``from``, ``to`` as
+    well). Its ``state`` comes from the record, not from this process's memory:
+    another worker or host may own the call, and a call this process lost in a
+    crash is closed in the record at start-up (``end_reason`` says ``lost``)."""
     out = dict(row)
     out.setdefault("business", out.get("business_id"))
     out.setdefault("from", out.get("from_number"))
     out.setdefault("to", out.get("to_number"))
+    out["state"] = "ended" if out.get("ended_at") else "live"
     return out
 
 

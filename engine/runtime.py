@@ -35,7 +35,7 @@ from engine.messages import CallInfo, FlushJournal, RecordCallEnded, RecordCallS
 from engine.metrics import Metrics
 from engine.providers import make_planner, make_stt, make_tts
 from engine.recorder import Recorder
-from engine.store import DurableWriter, Journal, Store, open_store
+from engine.store import DurableWriter, Journal, Store, StoreUnavailable, open_store
 from engine.supervisor import ChildSpec, Restart, Supervisor, run_root
 
 log = logging.getLogger("callengine.runtime")
@@ -64,6 +64,9 @@ class Runtime:
         self.planner = make_planner(settings.llm, settings)
         self.llm_limiter = trio.CapacityLimiter(max(8, settings.max_calls * 2))
         self._blocking_limiter = trio.CapacityLimiter(8)  # store reads, model loads
+        # Bounded reads (the admin API) have their own threads: a frozen database
+        # leaves abandoned reads behind, and they must not hold up the others.
+        self._bounded_limiter = trio.CapacityLimiter(4)
         self._greetings: dict[str, bytes] = {}
         self._apologies: dict[str, bytes] = {}
         self.live: dict[str, LiveCall] = {}
@@ -158,8 +161,16 @@ class Runtime:
             return
         call_soon_in_trio(token, root.tell_role, "recorder", msg)
 
-    async def read_store(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._blocking_limiter)
+    async def read_store(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
+        """``fn(*args)`` on a worker thread. With ``timeout``, raises ``StoreUnavailable``
+        once that many seconds pass without an answer (a frozen database, a full
+        pool): the thread is abandoned and ends on the store's own bound, so a
+        request never waits longer than ``timeout``."""
+        if timeout is None:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._blocking_limiter)
+        with trio.move_on_after(timeout):
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._bounded_limiter, abandon_on_cancel=True)
+        raise StoreUnavailable(f"the store did not answer within {timeout:g} s")
 
     # ---- calls ----------------------------------------------------------------------
 
