@@ -45,7 +45,7 @@ _NOT_SETTINGS = {"CALLENGINE_CONFIG", "CALLENGINE_TEST_NO_PG"}
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "stt": ("whisper", "google", "stub"),
-    "tts": ("espeak", "google", "stub"),
+    "tts": ("piper", "espeak", "google", "stub"),
     "llm": ("rules", "openai", "stub"),
     "log_format": ("json", "text"),
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),

@@ -63,6 +63,24 @@ def make_stt(name: str, settings: "Settings") -> SpeechToText:
 
 
 def make_tts(name: str, settings: "Settings") -> TextToSpeech:
+    """The process's voice, behind the speakable step (numbers, times, prices... in words)."""
+    from engine.speakable import SpeakableTts
+
+    return SpeakableTts(_make_voice(name, settings))
+
+
+def _make_voice(name: str, settings: "Settings") -> TextToSpeech:
+    if name == "piper":
+        from engine.providers.piper_tts import PiperTts
+
+        p = settings.piper
+        return PiperTts(
+            model_path=p.model or None,
+            threads=p.threads,
+            slots=p.slots,
+            length_scale=p.length_scale,
+            fallback=_make_voice("espeak", settings),  # Hebrew and other languages the voice lacks
+        )
     if name == "espeak":
         from engine.providers.espeak_tts import EspeakTts
 
