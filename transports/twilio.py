@@ -41,6 +41,7 @@ import binascii
 import collections
 import enum
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Union
 
@@ -60,6 +61,7 @@ __all__ = [
     "CallerSideStream",
     "VIOLATION_KINDS",
     "MAX_PAYLOAD_BYTES",
+    "MAX_WIRE_INT",
 ]
 
 #: Largest decoded media payload accepted (Twilio sends 160 bytes = 20 ms).
@@ -75,6 +77,7 @@ VIOLATION_KINDS = (
     "bad_base64",  # media payload is not strict base64
     "odd_payload",  # payload empty, over MAX_PAYLOAD_BYTES, or not whole samples
     "missing_field",  # a required field is absent or has the wrong type
+    "bad_number",  # a number that is not finite, not whole, or out of range (1e999, NaN, -5)
     "wrong_stream_sid",  # streamSid differs from the one in start
     "binary_frame",  # a binary WebSocket message (Twilio only sends text)
     "duplicate_start",  # a second start on one stream
@@ -206,16 +209,60 @@ def _obj_field(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any
     return value
 
 
+#: Largest counter accepted from the wire (timestamps in ms, chunk numbers):
+#: 2**53, the largest integer every JSON implementation holds exactly (285,000
+#: years of audio in milliseconds).
+MAX_WIRE_INT = 1 << 53
+
+
 def _int_field(obj: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
+    """``obj[key]`` as a whole number in ``0..MAX_WIRE_INT``. Twilio sends numbers
+    as strings ("20"); a JSON number is accepted when whole. Anything else (a
+    non-finite float such as ``1e999`` or ``NaN``, a fraction, a negative or huge
+    value, a string of 5,000 digits) is a ``bad_number`` violation, a value
+    that is no number at all ``missing_field``: never an ``OverflowError`` out
+    of ``int()``."""
     value = obj.get(key)
     if value is None and default is not None:
         return default
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()):
+            raise _Violation("missing_field", f"{where}.{key} is not an integer: {value[:24]!r}")
+        if len(text) > 16:
+            raise _Violation("bad_number", f"{where}.{key} out of range: {text[:24]}...")
+        number = int(text)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise _Violation("bad_number", f"{where}.{key} is not a finite whole number: {value!r}")
+        number = int(value)
+    else:
+        raise _Violation("missing_field", f"{where}.{key} missing or not an integer")
+    if not 0 <= number <= MAX_WIRE_INT:
+        raise _Violation("bad_number", f"{where}.{key} out of range: {str(number)[:24]}")
+    return number
+
+
+def _param_value(value: Any) -> str:
+    """A ``customParameters`` value as text: Twilio sends strings; a scalar is
+    tolerated, anything nested is a violation (and never ``str()``-ed whole)."""
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
-        value = None
-    try:
-        return int(value)  # Twilio sends numbers as strings ("20")
-    except (TypeError, ValueError):
-        raise _Violation("missing_field", f"{where}.{key} missing or not an integer") from None
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if abs(value) > MAX_WIRE_INT:
+            raise _Violation("bad_number", "start.customParameters value out of range")
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Violation("bad_number", "start.customParameters value is not finite")
+        return repr(value)
+    if value is None:
+        return ""
+    raise _Violation("missing_field", "start.customParameters values must be strings")
 
 
 def _decode_payload(media: Mapping[str, Any], sample_width: int) -> bytes:
@@ -237,12 +284,23 @@ def _decode_payload(media: Mapping[str, Any], sample_width: int) -> bytes:
     return audio
 
 
+def _check_numbers(obj: Mapping[str, Any], where: str) -> None:
+    """Every number directly in ``obj`` finite and within ``MAX_WIRE_INT`` (the
+    media format is kept as given, so nothing downstream meets an infinity)."""
+    for key, value in obj.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _Violation("bad_number", f"{where}.{key} is not finite")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_WIRE_INT:
+            raise _Violation("bad_number", f"{where}.{key} out of range")
+
+
 def _b64(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def _sample_width(media_format: Mapping[str, Any]) -> int:
-    encoding = str(media_format.get("encoding", "audio/x-mulaw")).lower()
+    encoding = media_format.get("encoding", "audio/x-mulaw")
+    encoding = encoding.lower() if isinstance(encoding, str) else "audio/x-mulaw"
     width = 2 if ("l16" in encoding or "linear" in encoding or "pcm" in encoding) else 1
     channels = media_format.get("channels", 1)
     if isinstance(channels, int) and not isinstance(channels, bool) and 1 <= channels <= 8:
@@ -322,7 +380,10 @@ class TwilioStream:
         if event == "media":  # the hot path first
             return self._on_media(msg)
         if event == "connected":
-            return Connected(str(msg.get("protocol", "")), str(msg.get("version", "")))
+            protocol, version = msg.get("protocol", ""), msg.get("version", "")
+            return Connected(
+                protocol[:64] if isinstance(protocol, str) else "", version[:64] if isinstance(version, str) else ""
+            )
         if event == "start":
             return self._on_start(msg)
         if event not in ("dtmf", "mark", "stop"):
@@ -375,6 +436,7 @@ class TwilioStream:
         media_format = start.get("mediaFormat", {}) or {}
         if not isinstance(media_format, dict):
             raise _Violation("missing_field", "start.mediaFormat is not an object")
+        _check_numbers(media_format, "start.mediaFormat")
         tracks = start.get("tracks", ["inbound"])
         if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
             raise _Violation("missing_field", "start.tracks is not a list of strings")
@@ -382,7 +444,7 @@ class TwilioStream:
             call_sid=call_sid,
             stream_sid=stream_sid,
             account_sid=account_sid if isinstance(account_sid, str) else "",
-            custom_parameters={str(k): str(v) for k, v in custom.items()},
+            custom_parameters={k: _param_value(v) for k, v in custom.items()},
             media_format=dict(media_format),
             tracks=tuple(tracks),
         )

@@ -19,6 +19,7 @@ the shared ``JsonPoster`` and runs on the trio thread.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -30,6 +31,8 @@ __all__ = ["PayloadError", "BaileysInbound", "parse_inbound", "SidecarChannel", 
 SECRET_HEADER = "X-Callengine-Secret"
 MAX_ID_CHARS = 256
 MAX_JID_CHARS = 256
+#: The latest timestamp accepted (9999-12-31T23:59:59Z): any later one is a forgery or a bug.
+MAX_UNIX_SECONDS = 253_402_300_799
 
 
 class PayloadError(ValueError):
@@ -71,6 +74,32 @@ def string_field(obj: Mapping[str, Any], key: str, *, required: bool, max_len: i
     return value
 
 
+def unix_seconds_field(obj: Mapping[str, Any], key: str, *, where: str = "") -> int:
+    """``obj[key]`` as whole unix seconds in ``0..MAX_UNIX_SECONDS``; 0 when absent
+    or null. An integer, a string of digits (Meta sends ``"1700000000"``) or a
+    finite whole float is accepted; anything else (``1e999``, ``NaN``, a
+    fraction, a negative, a boolean, a string of 5,000 digits) raises
+    ``PayloadError``, never ``OverflowError``. Shared by both parsers."""
+    where = where or key
+    value = obj.get(key)
+    number: int | None = None
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float):
+        number = int(value) if math.isfinite(value) and value.is_integer() else None
+    elif isinstance(value, str):
+        text = value.strip()
+        number = int(text) if text.isascii() and text.isdigit() and len(text) <= 12 else None
+    if number is None or not 0 <= number <= MAX_UNIX_SECONDS:
+        shown = repr(value)[:40] if isinstance(value, (str, int, float, bool)) else type(value).__name__
+        raise PayloadError(where, f"field '{where}' must be unix seconds (a non-negative integer), got {shown}")
+    return number
+
+
 def parse_inbound(obj: Any, *, max_text_chars: int) -> BaileysInbound:
     """Validate one decoded sidecar payload. Pure; raises ``PayloadError``.
 
@@ -87,11 +116,7 @@ def parse_inbound(obj: Any, *, max_text_chars: int) -> BaileysInbound:
     sender = string_field(obj, "from", required=False, max_len=MAX_JID_CHARS) or chat
     push_name = string_field(obj, "push_name", required=False, max_len=MAX_JID_CHARS)
     to = string_field(obj, "to", required=False, max_len=MAX_JID_CHARS)
-    ts = obj.get("timestamp", 0)
-    if ts is None:
-        ts = 0
-    if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
-        raise PayloadError("timestamp", f"field 'timestamp' must be a non-negative integer (unix seconds), got {ts!r}")
+    ts = unix_seconds_field(obj, "timestamp")
     return BaileysInbound(
         id=msg_id.strip(), chat=chat.strip(), sender=sender, push_name=push_name, text=text, timestamp=ts, to=to
     )

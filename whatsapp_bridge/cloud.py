@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from engine.messages import ChatInbound
-from whatsapp_bridge.baileys import PayloadError, string_field
+from whatsapp_bridge.baileys import PayloadError, string_field, unix_seconds_field
 from whatsapp_bridge.senders import SEND_POLICY, TYPING_POLICY, JsonPoster
 
 __all__ = [
@@ -126,7 +126,8 @@ def parse_webhook(obj: Any, *, max_text_chars: int) -> CloudWebhook:
         raise PayloadError("body", f"body must be a JSON object, got {type(obj).__name__}")
     kind = obj.get("object")
     if kind != "whatsapp_business_account":
-        raise PayloadError("object", f"field 'object' must be 'whatsapp_business_account', got {kind!r}")
+        shown = repr(kind)[:40] if isinstance(kind, (str, int, float, bool)) or kind is None else type(kind).__name__
+        raise PayloadError("object", f"field 'object' must be 'whatsapp_business_account', got {shown}")
     texts: list[CloudText] = []
     statuses: list[str] = []
     ignored: list[str] = []
@@ -139,7 +140,7 @@ def parse_webhook(obj: Any, *, max_text_chars: int) -> CloudWebhook:
             change = _dict(change, cpath)
             fld = change.get("field", "messages")
             if fld != "messages":
-                other_fields.append(str(fld)[:64])
+                other_fields.append(fld[:64] if isinstance(fld, str) else type(fld).__name__)
                 continue
             vpath = f"{cpath}.value"
             value = _dict(change.get("value"), vpath)
@@ -169,15 +170,7 @@ def parse_webhook(obj: Any, *, max_text_chars: int) -> CloudWebhook:
                 sender = _str(message, "from", mpath)
                 body = _dict(message.get("text"), f"{mpath}.text")
                 text = _str(body, "body", f"{mpath}.text", max_len=max_text_chars)
-                ts_raw = message.get("timestamp", "0")
-                try:
-                    ts = int(ts_raw) if not isinstance(ts_raw, bool) else -1
-                except (TypeError, ValueError):
-                    ts = -1
-                if ts < 0:
-                    raise PayloadError(
-                        f"{mpath}.timestamp", f"field '{mpath}.timestamp' must be unix seconds, got {ts_raw!r}"
-                    )
+                ts = unix_seconds_field(message, "timestamp", where=f"{mpath}.timestamp")
                 texts.append(
                     CloudText(
                         message_id=msg_id.strip(),

@@ -239,8 +239,8 @@ def _error(status: int, message: str, field: str | None = None) -> Response:
 def _json_body(data: bytes) -> Any:
     try:
         return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise baileys.PayloadError("body", f"body is not valid JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise baileys.PayloadError("body", f"body is not valid JSON: {type(exc).__name__}: {str(exc)[:80]}") from None
 
 
 def register_routes(app: Any, get_runtime: Callable[[], Any] | None = None) -> None:
