@@ -67,7 +67,7 @@ def build_call_tree(
         speculative_min_chars=s.turn.speculative_min_chars,
         final_timeout_ms=s.turn.final_timeout_ms,
     )
-    env = {"call": info, "business": business, "history": history, "conversation": conversation}
+    env = {"call": info, "business": business, "history": history, "conversation": conversation, "stamps": call_stamps}
     metrics = runtime.metrics
     language = business.language
     voice = business.voice

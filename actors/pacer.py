@@ -145,11 +145,14 @@ class Pacer(TrioActor):
                 self.dropped_frames += 1
         self._wakeup.set()
 
+        dropped = self.dropped_frames
     def _enqueue_end(self, turn_id: int) -> None:
         if self._partial and self._partial_turn == turn_id:
             pad = FRAME_BYTES - len(self._partial)
             self._queue.append((turn_id, self._partial + MULAW_SILENCE * pad))
             self._frames_queued += 1
+        if self.dropped_frames != dropped and self._metrics is not None:
+            self._metrics.pacer_drops(self.dropped_frames - dropped)
             self._partial = b""
         self._queue.append((turn_id, _END))
         self._wakeup.set()
@@ -190,6 +193,8 @@ class Pacer(TrioActor):
         while queue and next_deadline <= horizon:
             turn, item = queue.popleft()
             if item is _END:
+            if not self._drained and self._metrics is not None:
+                self._metrics.pacer_underrun()  # fell behind mid-reply: the caller heard a gap
                 name = f"turn-{turn}"
                 self._pending_marks[name] = turn
                 send("transport", OutboundMark(name=name))

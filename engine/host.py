@@ -40,17 +40,16 @@ import time
 from typing import Any
 
 import trio
-from quart import Response, jsonify, request
+from quart import Response, g, jsonify, request
 from quart_trio import QuartTrio
 
 from engine import hypercorn_fixes, testcall
-from engine.auth import admin_denied, admin_ok
+from engine.admin import register_admin
 from engine.config import Settings, load_settings
 from engine.console import register_routes as register_console_routes
 from engine.logs import setup_logging
 from engine.messages import CallInfo
 from engine.runtime import Runtime
-from engine.store import StoreUnavailable
 from transports import signature as twsig
 from transports import twilio as tw
 from transports.asgi_ws import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, MediaRoute, MediaSocket
@@ -63,6 +62,7 @@ hypercorn_fixes.apply()
 log = logging.getLogger("callengine.host")
 
 START_TIMEOUT_S = 15.0  # how long a new media socket may take to send `start`
+_WEBHOOKS = frozenset({"/twilio/voice", "/twilio/status", "/whatsapp/baileys", "/whatsapp/cloud"})
 TREE_STOP_TIMEOUT_S = 5.0  # how long a cancelled handler waits for its call tree to stop
 
 
@@ -156,73 +156,27 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.get("/metrics")
     async def metrics() -> Any:
-        body, ctype = rt().metrics.render()
+        runtime = rt()
+        runtime.metrics.journal_pending.set(runtime.writer.pending)
+        body, ctype = runtime.metrics.render()
         return Response(body, content_type=ctype)
 
-    # ---- admin -----------------------------------------------------------------------
-
     @app.before_request
-    async def _admin_bearer() -> Any:
-        # Every /admin/... route, the WhatsApp ones included, behind one check:
-        # a route cannot be added without it.
-        if request.path.startswith("/admin/") and not admin_ok(settings, request.headers):
-            return admin_denied()
-        return None
+    async def _webhook_started() -> None:
+        if request.path in _WEBHOOKS:
+            g.received = time.monotonic()
 
-    @app.errorhandler(StoreUnavailable)
-    async def _store_unavailable(exc: StoreUnavailable) -> Any:
-        # The database is away or frozen: say so at once (reads are bounded by
-        # ``admin_timeout_s``), never a 500 and never a hang.
-        return jsonify({"error": "database unavailable", "detail": str(exc)}), 503
+    @app.after_request
+    async def _webhook_answered(resp: Any) -> Any:
+        received = g.get("received")
+        runtime = state["runtime"]
+        if received is not None and runtime is not None:
+            runtime.metrics.webhook_ack.labels(request.path).observe((time.monotonic() - received) * 1000.0)
+        return resp
 
-    @app.errorhandler(BadParameter)
-    async def _bad_parameter(exc: BadParameter) -> Any:
-        return jsonify({"error": str(exc)}), 400
+    # ---- admin (every process and host merged; engine.admin) --------------------------
 
-    async def admin_read(fn: Any, *args: Any) -> Any:
-        return await rt().read_store(fn, *args, timeout=settings.admin_timeout_s)
-
-    @app.get("/admin/tree")
-    async def admin_tree() -> Any:
-        runtime = rt()
-        if runtime.root is None:
-            return jsonify({"error": "not running"}), 503
-        return jsonify({"pid": os.getpid(), "tree": runtime.root.snapshot()})
-
-    @app.get("/admin/calls")
-    async def admin_calls() -> Any:
-        runtime = rt()
-        limit = int_arg("limit", default=100, maximum=1000)
-        rows = await admin_read(runtime.store.list_calls, limit)
-        calls = [_public_call(row) for row in rows]
-        known = {c["call_sid"] for c in calls}
-        for sid, live in runtime.live.items():
-            if sid not in known:  # not yet flushed to the store
-                calls.insert(0, _live_row(live))
-        return jsonify({"calls": calls})
-
-    @app.get("/admin/calls/<call_sid>")
-    async def admin_call(call_sid: str) -> Any:
-        runtime = rt()
-        row = await admin_read(runtime.store.get_call, call_sid)
-        live = runtime.live.get(call_sid)
-        if row is None and live is None:
-            return jsonify({"error": f"no call {call_sid}"}), 404
-        out = _public_call(row) if row is not None else {**_live_row(live), "turns": [], "leads": []}
-        return jsonify(out)
-
-    @app.get("/admin/calls/<call_sid>/tree")
-    async def admin_call_tree(call_sid: str) -> Any:
-        live = rt().live.get(call_sid)
-        if live is None:
-            return jsonify({"error": f"no live call {call_sid}"}), 404
-        return jsonify(live.tree.snapshot())
-
-    @app.get("/admin/leads")
-    async def admin_leads() -> Any:
-        runtime = rt()
-        limit = int_arg("limit", default=200, maximum=1000)
-        return jsonify({"leads": await admin_read(runtime.store.list_leads, limit)})
+    register_admin(app, settings, rt)
 
     # ---- Twilio webhooks ------------------------------------------------------------------
 
@@ -273,54 +227,6 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         return Response("WebSocket only", status=400)
 
     return app
-
-
-class BadParameter(ValueError):
-    """A query parameter is malformed (answered 400 with this message)."""
-
-
-def int_arg(name: str, *, default: int, maximum: int) -> int:
-    """The request's ``name`` as an int in 0..``maximum`` (clamped above);
-    ``default`` when absent or empty; ``BadParameter`` when not a whole number
-    or negative."""
-    raw = request.args.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise BadParameter(f"{name} must be a whole number, got {raw[:40]!r}") from None
-    if value < 0:
-        raise BadParameter(f"{name} must not be negative, got {value}")
-    return min(value, maximum)
-
-
-def _public_call(row: Any) -> dict[str, Any]:
-    """A stored call as the admin API shows it (``business``, ``from``, ``to`` as
-    well). Its ``state`` comes from the record, not from this process's memory:
-    another worker or host may own the call, and a call this process lost in a
-    crash is closed in the record at start-up (``end_reason`` says ``lost``)."""
-    out = dict(row)
-    out.setdefault("business", out.get("business_id"))
-    out.setdefault("from", out.get("from_number"))
-    out.setdefault("to", out.get("to_number"))
-    out["state"] = "ended" if out.get("ended_at") else "live"
-    return out
-
-
-def _live_row(live: Any) -> dict[str, Any]:
-    info = live.info
-    return {
-        "call_sid": info.call_sid,
-        "stream_sid": info.stream_sid,
-        "business": info.business_id,
-        "business_id": info.business_id,
-        "from": info.from_number,
-        "to": info.to_number,
-        "started_at": info.started_at,
-        "ended_at": None,
-        "state": "live",
-    }
 
 
 async def _serve_media(sock: MediaSocket, runtime: Runtime, settings: Settings) -> None:

@@ -13,7 +13,7 @@ multiprocess mode documents.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +22,15 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+)
+
+#: (stage, from stamp, to stamp) of ``callengine_turn_stage_ms``; the stamp names are the turn record's.
+TURN_STAGES = (
+    ("stt", "speech_end", "stt_final"),
+    ("llm", "stt_final", "llm_first_token"),
+    ("tts", "llm_first_token", "tts_first_audio"),
+    ("send", "tts_first_audio", "reply_first_frame"),
+    ("total", "speech_end", "reply_first_frame"),
 )
 
 _LATENCY_BUCKETS_MS = (5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000)
@@ -67,6 +76,40 @@ class Metrics:
         self.whatsapp = Counter(
             "callengine_whatsapp_messages_total", "WhatsApp messages", ["direction", "channel"], registry=r
         )
+        self.turn_stage = Histogram(
+            "callengine_turn_stage_ms",
+            "Each recorded turn's stages from its stamps, in ms: stt (speech_end to stt_final), llm (stt_final"
+            " to llm_first_token), tts (llm_first_token to tts_first_audio), send (tts_first_audio to"
+            " reply_first_frame), total (speech_end to reply_first_frame); 0 when a stage overlapped the one before",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS_MS,
+            registry=r,
+        )
+        self.turns = Counter("callengine_turns_total", "Turns recorded", ["outcome"], registry=r)
+        self.stt_restarts = Counter("callengine_stt_restarts_total", "Restarts of a call's recognizer", registry=r)
+        self.stt_fallbacks = Counter(
+            "callengine_stt_fallbacks_total", "Switches of a call's recognizer to the fallback", registry=r
+        )
+        self.pacer_underruns = Counter(
+            "callengine_pacer_underruns_total", "Agent audio that fell behind real time by more than the lead", registry=r
+        )
+        self.pacer_dropped = Counter(
+            "callengine_pacer_dropped_frames_total", "Agent frames dropped from a full pacer queue", registry=r
+        )
+        self.webhook_ack = Histogram(
+            "callengine_webhook_ack_ms",
+            "Time to answer a webhook (Twilio voice/status, WhatsApp), in ms",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS_MS,
+            registry=r,
+        )
+        self.journal_pending = Gauge(
+            "callengine_journal_pending", "Records journaled while the database was away, not yet written",
+            registry=r, multiprocess_mode="livesum",
+        )
+        self.chats_live = Gauge(
+            "callengine_chats_live", "WhatsApp chats with a live tree", registry=r, multiprocess_mode="livesum"
+        )
 
     # ---- hooks (cheap, any thread) -------------------------------------------------------
 
@@ -82,7 +125,25 @@ class Metrics:
     def supervision_event(self, role: str, what: str) -> None:
         if what == "restart":
             self.restarts.labels(role).inc()
+            if role == "stt":
+                self.stt_restarts.inc()
+        elif what == "fallback" and role == "stt":
+            self.stt_fallbacks.inc()
         self.supervision.labels(role, what).inc()
+
+    def turn_recorded(self, stamps: Mapping[str, float], interrupted: bool) -> None:
+        """Once per recorded turn (``RecordTurn``): each stage its stamps span."""
+        self.turns.labels("interrupted" if interrupted else "completed").inc()
+        for stage, start, end in TURN_STAGES:
+            a, b = stamps.get(start), stamps.get(end)
+            if a is not None and b is not None:
+                self.turn_stage.labels(stage).observe(max(0.0, b - a))
+
+    def pacer_underrun(self) -> None:
+        self.pacer_underruns.inc()
+
+    def pacer_drops(self, n: int) -> None:
+        self.pacer_dropped.inc(n)
 
     def speculative(self, outcome: str) -> None:
         self.speculation.labels(outcome).inc()

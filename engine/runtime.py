@@ -31,7 +31,7 @@ from engine.actor import ActorContext
 from engine.bridge import call_soon_in_trio
 from engine.business import Business, load_businesses
 from engine.config import Settings
-from engine.messages import CallInfo, FlushJournal, RecordCallEnded, RecordCallStarted
+from engine.messages import CallInfo, FlushJournal, RecordCallEnded, RecordCallStarted, RecordTurn
 from engine.metrics import Metrics
 from engine.providers import make_planner, make_stt, make_tts
 from engine.recorder import Recorder
@@ -154,6 +154,8 @@ class Runtime:
     # ---- recording (any thread, never blocks) ------------------------------------------
 
     def record(self, msg: Any) -> None:
+        if type(msg) is RecordTurn:
+            self.metrics.turn_recorded(msg.stamps, msg.interrupted)
         root = self.root
         token = self._token
         if root is None or token is None:

@@ -70,6 +70,7 @@ __all__ = [
     "run_root",
 ]
 
+    "OperatorRestart",
 log = logging.getLogger("callengine.supervisor")
 
 
@@ -87,6 +88,10 @@ class Strategy(str, enum.Enum):
 
 class SupervisorEscalation(Exception):
     """A supervisor exceeded its restart intensity and gave up."""
+
+
+class OperatorRestart(Exception):
+    """The reason given for a child restarted by ``Supervisor.restart_child``."""
 
 
 Factory = Callable[[ActorContext], "TrioActor | pykka.ActorRef[Any]"]
@@ -316,6 +321,32 @@ class Supervisor(TrioActor):
         """The tree as plain data: role, kind, status, restarts, fallback, ..."""
         now = trio.current_time()
         return {
+    def restart_child(self, role: str) -> bool:
+        """Restart the running child ``role`` as if it had failed (an operator's
+        action): stopped within its shutdown bound, then restarted by this
+        supervisor's policy — backoff, restart counter, intensity, fallback —
+        exactly like a crash, so the tree shows it. False (nothing done) when
+        the role is unknown or its child is not running. Trio thread only."""
+        slot = self._slots.get(role)
+        if slot is None or slot.status is not _Status.RUNNING or self._stop_requested:
+            return False
+        try:
+            self._events_send.send_nowait(("operator_restart", (role, slot.generation)))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+    def find(self, role: str) -> "Supervisor | None":
+        """The supervisor in this tree (itself or a descendant) with a child ``role``."""
+        if role in self._slots:
+            return self
+        for slot in self._slots.values():
+            if isinstance(slot.actor, Supervisor):
+                found = slot.actor.find(role)
+                if found is not None:
+                    return found
+        return None
+
             "role": self.name,
             "kind": "supervisor",
             "status": "running" if not self._finished.is_set() else "stopped",
@@ -328,6 +359,7 @@ class Supervisor(TrioActor):
             "handled": 0,
             "last_error": repr(self.exit_error) if self.exit_error else "",
             "uptime_s": round(now - self._born, 3) if hasattr(self, "_born") else 0.0,
+            "fallback_active": False,
             "children": [self._slot_snapshot(self._slots[r], now) for r in self._order],
         }
 
@@ -363,6 +395,12 @@ class Supervisor(TrioActor):
                     return
                 if self._stop_requested:
                     return
+                elif kind == "operator_restart":
+                    role, generation = payload
+                    slot = self._slots.get(role)
+                    if slot is not None and slot.generation == generation and slot.status is _Status.RUNNING:
+                        await self._stop_incarnation(slot)
+                        await self._handle_exit(role, generation, OperatorRestart(f"{role} restarted by the operator"))
                 if self._escalation is not None:
                     raise self._escalation
                 if self._auto_shutdown_due():
@@ -717,7 +755,7 @@ class Supervisor(TrioActor):
             snap["role"] = slot.spec.role
             snap["restarts"] = slot.restarts
             return snap
-        kind = "trio" if slot.actor is not None else ("pykka" if slot.ref is not None else "-")
+        kind = slot.actor.kind if slot.actor is not None else ("pykka" if slot.ref is not None else "-")
         status = slot.status.value
         if slot.status is _Status.RUNNING and slot.fallback_active:
             status = "fallback"
@@ -727,12 +765,15 @@ class Supervisor(TrioActor):
             "status": status,
             "restarts": slot.restarts,
             "fallback": slot.fallback_active,
+        details = getattr(slot.actor, "details", None)
             "fallbacks": slot.fallbacks,
+            **(details() if details is not None else {}),
             "probes": slot.probes,
             "mailbox_depth": slot.depth(),
             "handled": slot.handled(),
             "overflow": slot.overflow,
             "dropped": slot.dropped(),
+            "fallback_active": slot.fallback_active,
             "last_error": slot.last_error,
             "uptime_s": round(now - slot.started_at, 3) if slot.status is _Status.RUNNING else 0.0,
             "children": [],

@@ -86,6 +86,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_chats(self, limit: int = 100) -> list[dict[str, Any]]: ...
 
+    # ---- portable statements of other store-side modules ----------------------
+
+    @abc.abstractmethod
+    def query(self, statement: str, *args: Any) -> list[dict[str, Any]]:
+        """Run one read statement written in the portable dialect (``$n``
+        placeholders, see ``engine.store.sqlite.Sql``); rows as dicts. For
+        modules that own their tables and SQL (``engine.presence``)."""
+
+    @abc.abstractmethod
+    def execute(self, statement: str, *args: Any) -> int:
+        """Run one write statement (portable dialect) in its own transaction;
+        the number of rows it changed."""
+
     def apply_many(self, records: Sequence[Record]) -> None:
         for record in records:
             self.apply(record)

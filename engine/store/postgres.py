@@ -373,6 +373,17 @@ class PostgresStore(Store):
         n = check_limit(limit)
         return [chat_dict(r) for r in self._call(lambda c: c.fetch(Sql.LIST_CHATS, n))]
 
+    def query(self, statement: str, *args: Any) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._call(lambda c: c.fetch(statement, *args))]
+
+    def execute(self, statement: str, *args: Any) -> int:
+        async def run(conn: asyncpg.Connection) -> int:
+            tag = await conn.execute(statement, *args)
+            last = tag.rsplit(" ", 1)[-1]
+            return int(last) if last.isdigit() else 0
+
+        return self._call(run)
+
 
 # ------------------------------------------------------------ loop-side helpers
 

@@ -553,3 +553,10 @@ class SqliteStore(Store):
     def list_chats(self, limit: int = 100) -> list[dict[str, Any]]:
         n = check_limit(limit)
         return [chat_dict(r) for r in self._locked(lambda c: self._exec(c, Sql.LIST_CHATS, n).fetchall())]
+
+    def query(self, statement: str, *args: Any) -> list[dict[str, Any]]:
+        rows = self._locked(lambda c: self._exec(c, statement, *args).fetchall())
+        return [dict(r) for r in rows]
+
+    def execute(self, statement: str, *args: Any) -> int:
+        return self._transaction(lambda c: self._exec(c, statement, *args).rowcount)
