@@ -34,7 +34,18 @@
    unset). Refused (``None``) for TLS streams, HTTP/2, ping-enabled configs
    and anything unexpected, so the caller falls back to plain ASGI.
 
-All are tested in ``tests/test_host.py`` and ``tests/test_asgi_ws.py``.
+6. Close codes (RFC 6455 7.1.7, 7.4.1). When wsproto cannot parse a peer's
+   bytes it reports a ``CloseConnection`` with the right code (1007 invalid
+   UTF-8 in a text message, 1002 a protocol error such as a binary frame
+   inside a fragmented text message) while the connection is still open;
+   hypercorn's ``WSStream`` then ends the stream without a close frame, and
+   the app's end makes it send 1011 (internal error), blaming the server for
+   the peer's fault. ``WSStream._handle_events`` is replaced by the same loop
+   that, for such a close, sends the close frame with wsproto's code first.
+   (Direct mode does the same in ``transports.asgi_ws``.)
+
+All are tested in ``tests/test_host.py``, ``tests/test_asgi_ws.py`` and
+``tests/test_reliability.py``.
 """
 
 from __future__ import annotations
@@ -272,6 +283,36 @@ def apply() -> None:
                 takeover.failed = True
                 takeover.granted.set()
         await self.protocol.handle(Closed())
+
+    from hypercorn.protocol import ws_stream as _ws
+    from wsproto.connection import ConnectionState as _WsState
+    from wsproto.events import CloseConnection as _Close
+    from wsproto.events import Message as _Message
+    from wsproto.events import Ping as _Ping
+
+    async def _handle_events_failing(self: _ws.WSStream) -> None:
+        # hypercorn 0.18's loop, plus: a close wsproto made up for a parse
+        # failure (state still OPEN) is sent to the peer with its code (6.).
+        for event in self.connection.events():
+            if isinstance(event, _Message):
+                try:
+                    self.buffer.extend(event)
+                except _ws.FrameTooLargeError:
+                    await self._send_wsproto_event(_Close(code=_ws.CloseReason.MESSAGE_TOO_BIG))
+                    break
+                if event.message_finished:
+                    await self.app_put(self.buffer.to_message())
+                    self.buffer.clear()
+            elif isinstance(event, _Ping):
+                await self._send_wsproto_event(event.response())
+            elif isinstance(event, _Close):
+                if self.connection.state == _WsState.REMOTE_CLOSING:
+                    await self._send_wsproto_event(event.response())
+                elif self.connection.state == _WsState.OPEN:
+                    await self._send_wsproto_event(_Close(code=event.code, reason=(event.reason or "")[:120]))
+                await self.send(_ws.StreamClosed(stream_id=self.stream_id))
+
+    _ws.WSStream._handle_events = _handle_events_failing  # type: ignore[method-assign]
 
     tcp_server.TCPServer._cx_takeover = None  # type: ignore[attr-defined]
     tcp_server.TCPServer._cx_read_scope = None  # type: ignore[attr-defined]

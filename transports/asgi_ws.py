@@ -177,6 +177,7 @@ class MediaSocket:
         "_backlog_wake",
         "_flushing",
         "_flushed",
+        "_failed",
     )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, *, send_timeout: float = SEND_TIMEOUT_S) -> None:
@@ -197,6 +198,7 @@ class MediaSocket:
         self._backlog_wake: trio.Event | None = None
         self._flushing = False
         self._flushed: trio.Event | None = None
+        self._failed = False  # we failed the connection for a protocol error (close frame sent)
 
     # ---- the request -------------------------------------------------------------------
 
@@ -273,7 +275,11 @@ class MediaSocket:
         self._backlog.clear()
         self._sock = None
         sock.detach()
-        if broken:
+        if self._failed and not broken:
+            # Our close frame (1002/1007) is on the wire: the server ends the
+            # connection without framing a close of its own (it would say 1011).
+            self._lent.give_back(broken=True)
+        elif broken:
             # Unwritten bytes: the stream would be cut mid-frame, and the peer is
             # not reading. Reset the connection now, so nothing of the server's (a
             # close frame) waits on it.
@@ -411,6 +417,13 @@ class MediaSocket:
             elif isinstance(ev, CloseConnection):
                 if ws.state is _WsState.REMOTE_CLOSING:
                     self._write_event(ev.response())
+                elif ws.state is _WsState.OPEN:
+                    # Not the peer's close: wsproto could not parse its bytes and
+                    # names the RFC 6455 code (1007 invalid UTF-8 in a text
+                    # message, 1002 a protocol error such as a binary frame inside
+                    # a fragmented text message). Fail the connection with it.
+                    self._write_event(CloseConnection(code=ev.code, reason=(ev.reason or "")[:120]))
+                    self._failed = True
                 self._gone(ev.code if isinstance(ev.code, int) else CLOSE_NORMAL)
                 return
 
