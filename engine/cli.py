@@ -142,6 +142,7 @@ def _result_json(result) -> dict:  # type: ignore[no-untyped-def]
             for t in result.turns
         ],
         "underruns": result.underruns,
+        "closed_by_server": result.closed_by_server,
         "errors": result.errors,
         "violations": dict(result.violations),
     }
@@ -190,6 +191,12 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
     raise SystemExit(loadtest_main(args))
 
 
+def cmd_voice_check(args: argparse.Namespace) -> None:
+    from engine.voice_check import main as voice_check_main
+
+    raise SystemExit(voice_check_main(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="callengine", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -228,6 +235,23 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--json", action="store_true")
     lt.add_argument("--server-pid", type=int, action="append", help="server process ids to sample (psutil)")
     lt.set_defaults(func=cmd_loadtest)
+
+    vc = sub.add_parser(
+        "voice-check",
+        help="speak a business's lines through its TTS and μ-law, transcribe them back, report intelligibility",
+    )
+    vc.add_argument("--business", required=True, help="business id (a profile in config/businesses)")
+    vc.add_argument("--tts", help="TTS provider to check (default: the configured one, CALLENGINE_TTS)")
+    vc.add_argument("--language", help="BCP-47 language of the lines (default: the business's language)")
+    vc.add_argument(
+        "--stt-model", help="CTranslate2 whisper model directory to listen with (default: the configured one)"
+    )
+    vc.add_argument("--config", help="an extra TOML file over config/default.toml")
+    vc.add_argument("--json", action="store_true", help="print the result as JSON")
+    vc.add_argument(
+        "--max-error", type=float, help="exit 1 when the total WER/CER (percent) is above this"
+    )
+    vc.set_defaults(func=cmd_voice_check)
     return p
 
 

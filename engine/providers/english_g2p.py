@@ -40,7 +40,9 @@ ARPABET: dict[str, str] = {
     "L": "l", "M": "m", "N": "n", "NG": "ŋ", "P": "p", "R": "ɹ", "S": "s", "SH": "ʃ", "T": "t",
     "TH": "θ", "V": "v", "W": "w", "Y": "j", "Z": "z", "ZH": "ʒ",
 }
-_UNSTRESSED = {"AH": "ə", "ER": "ɚ", "IH": "ɪ", "UW": "u", "IY": "i"}
+_UNSTRESSED = {"AH": "ə", "ER": "ɚ", "IH": "ɪ", "UW": "u", "IY": "i", "AA": "ɐ"}
+#: Function words as espeak-ng says them in running speech (the voice was trained on these).
+_WEAK_FORMS = {"a": "ɐ", "and": "ænd", "to": "tə", "for": "fɔːɹ", "the": "ðə", "of": "ʌv", "on": "ɔn"}
 _VOWELS = {"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"}
 _FUNCTION_WORDS = frozenset(
     "a an the and or but of to in on at for by with from as is are was were be been am it its i you he she we "
@@ -129,6 +131,9 @@ class EnglishG2P:
         w = word.lower().strip("'")
         if not w:
             return ""
+        weak = _WEAK_FORMS.get(w)
+        if weak is not None:
+            return weak
         phones = self._dict.get(w)
         if phones is not None:
             return arpabet_to_ipa(phones, stressed=w not in _FUNCTION_WORDS)
