@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the system packages callengine needs are present.
 #   ensure-system.sh run    -> espeak-ng (embedded TTS and the simulated caller's voice)
-#   ensure-system.sh test   -> the above, plus Node.js >= 20 with npm (the WhatsApp sidecar)
+#   ensure-system.sh test   -> the above, plus Node.js >= 20 with npm (the WhatsApp sidecar) and
+#                              chromium (the console's browser tests drive it through playwright)
 # As root they are installed with apt-get; otherwise a missing one is named and we exit 1.
 set -euo pipefail
 what="${1:-run}"
@@ -9,6 +10,7 @@ what="${1:-run}"
 need=()
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 if [ "$what" = "test" ]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     need+=(nodejs npm)
   elif [ "$(node -e 'console.log(process.versions.node.split(".")[0])')" -lt 20 ]; then
