@@ -108,3 +108,37 @@ def test_admin_answers_503_fast_while_the_database_is_stopped_or_frozen(pg_host:
     while pg_host.get("/admin/calls")[0] != 200:  # the pool reconnects by itself
         assert time.monotonic() < deadline, "admin API did not recover after the database came back"
         time.sleep(0.2)
+
+
+# ------------------------------------------------------------------ the simulated caller
+
+
+async def test_cli_call_fails_when_the_server_hangs_up_mid_call() -> None:
+    """``callengine call`` exits non-zero and ``--json`` says not ok when the
+    server hangs up before the caller does."""
+    import json
+    import sys
+
+    from trio_websocket import serve_websocket
+
+    async def hang_up(request: Any) -> None:
+        ws = await request.accept()
+        await ws.get_message()  # connected
+        await ws.get_message()  # start
+        await trio.sleep(0.3)
+        await ws.aclose()
+
+    cli = str(Path(sys.executable).parent / "callengine")
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, hang_up, "127.0.0.1", 0, None)
+        url = f"ws://127.0.0.1:{server.port}/twilio/media"
+        env = {k: v for k, v in os.environ.items() if k != "TWILIO_AUTH_TOKEN"}
+        proc = await trio.run_process(
+            [cli, "call", "--url", url, "--pause", "5", "--timeout", "20", "--json"],
+            capture_stdout=True, capture_stderr=True, check=False, env=env,
+        )
+        nursery.cancel_scope.cancel()
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 1, (proc.returncode, out)
+    assert out["ok"] is False and out["closed_by_server"] is True
+    assert any("hung up" in e for e in out["errors"])

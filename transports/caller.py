@@ -244,7 +244,8 @@ class CallResult:
 
     @property
     def ok(self) -> bool:
-        """Connected, ran the script, and nothing timed out or failed."""
+        """Connected, ran the script to its end, and nothing timed out or failed
+        (a hang-up by the server before the caller's ``stop`` is an error)."""
         return self.connected and not self.errors
 
     @property
@@ -737,8 +738,11 @@ class SimulatedCaller:
             self._server_closed()
 
     def _server_closed(self) -> None:
-        if self._proto.state is not State.STOPPED:
+        if self._proto.state is not State.STOPPED and not self.result.closed_by_server:
+            # The server hung up on a call in progress: a failed call, not a
+            # finished one (``ok`` is False and ``callengine call`` exits 1).
             self.result.closed_by_server = True
+            self.result.errors.append("the server hung up mid-call")
         if self._cancel is not None:
             self._cancel.cancel()
 
