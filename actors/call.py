@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from actors.decoder import Decoder
 from actors.pacer import Pacer
 from actors.planner import Planner, TurnSettings
-from actors.stt import SttActor
+from actors.stt import PREROLL_BYTES, SttActor
 from actors.transport import Transport
 from engine.audio_history import AudioHistory
 from engine.messages import CallInfo
@@ -54,7 +54,7 @@ def build_call_tree(
     reads and writes it while the tree lives."""
     s = runtime.settings
     business = runtime.businesses[info.business_id]
-    history = AudioHistory()
+    history = AudioHistory(preroll_bytes=PREROLL_BYTES)
     conversation = runtime.planner.open_conversation(business, channel="call")
     call_stamps: dict[str, float] = {}
     sup_cfg = s.supervision

@@ -8,9 +8,18 @@ Failure semantics (the supervisor's child spec gives the numbers): when the
 session reports an error (``on_error`` from a gRPC thread) the actor fails on
 purpose; the supervisor restarts it with backoff, then switches the slot to the
 fallback recognizer. Each new incarnation first replays the call's
-``AudioHistory`` (audio since the last final) into its new session, then skips
-mailbox items it has already replayed (by ``seq``), so no word is lost and none
-is recognized twice.
+``AudioHistory`` (the unfinalized speech, from its pre-roll on; never the
+silence before it) into its new session, then skips mailbox items it has
+already replayed (by ``seq``), so no word is lost and none is recognized twice.
+
+Which failures count toward the fallback: only those of a session that could not
+carry new audio. A session that delivered a final, or took ``PROGRESS_BYTES`` of
+live audio (beyond its replay) before it reported the error, made progress: the
+actor reports it (``ActorContext.report_progress``) before failing, and the
+supervisor starts its failure count again. A service that ends every stream
+after a few seconds of audio therefore keeps the call on the primary, restarted
+after the first backoff step each time; one that refuses every open, or dies
+during the replay, switches to the fallback after the retries.
 
 Streaming recognizers get all audio; batch recognizers (``streaming=False``,
 e.g. whisper) get only speech: a 300 ms pre-roll before ``SpeechStarted``, the
@@ -38,6 +47,9 @@ from engine.providers.base import SpeechToText, SttSession
 #: Audio kept before ``SpeechStarted`` for batch recognizers: 300 ms of 8 kHz PCM16,
 #: whatever the batch size (more leading silence makes whisper guess worse).
 PREROLL_BYTES = 300 * 16
+#: Live audio a session must take before it fails for the failure to count as
+#: progress: 500 ms (a refused open fails within one 100 ms batch).
+PROGRESS_BYTES = 500 * 16
 
 
 class SttActor(PykkaActor):
@@ -64,6 +76,9 @@ class SttActor(PykkaActor):
         self._trimmed_upto = 0
         self._final_pending_trim = False
         self._streaming = bool(getattr(provider, "streaming", False))
+        self._live_bytes = 0  # audio fed beyond the replay (this thread writes)
+        self._finals = 0  # finals delivered by this session (its threads write)
+        self._progressed_at_error: bool | None = None
 
     # ---- lifecycle (actor thread) ----------------------------------------------------
 
@@ -86,11 +101,15 @@ class SttActor(PykkaActor):
 
     def receive(self, msg: Any) -> None:
         if isinstance(msg, SessionFailed):
+            if self._progressed_at_error:
+                self.ctx.report_progress()
             raise msg.error
         if isinstance(msg, (AudioChunk, UtteranceEnded)):
             if msg.seq <= self._replayed_upto:
                 return
             self._feed(msg)
+            if isinstance(msg, AudioChunk):
+                self._live_bytes += len(msg.pcm16)
         elif isinstance(msg, SpeechStarted):
             self._begin_utterance()
 
@@ -137,6 +156,7 @@ class SttActor(PykkaActor):
     def _on_transcript(self, tr: Transcript) -> None:
         # Any thread (a gRPC reader or this actor's own thread).
         if tr.is_final:
+            self._finals += 1
             if self._last_ue_seq > self._trimmed_upto:
                 # The final covers the utterance that ended last, even when the
                 # caller has already started the next one: keep only what follows.
@@ -151,7 +171,11 @@ class SttActor(PykkaActor):
         self.ctx.send("planner", tr)
 
     def _on_error(self, exc: BaseException) -> None:
-        # Any thread: fail this actor on its own thread, in mailbox order.
+        # Any thread: fail this actor on its own thread, in mailbox order. Whether
+        # the session made progress is decided now: audio the actor feeds after
+        # this moment went to a dead session.
+        if self._progressed_at_error is None:
+            self._progressed_at_error = self._finals > 0 or self._live_bytes >= PROGRESS_BYTES
         try:
             self.actor_ref.tell(SessionFailed(error=exc))
         except Exception:  # noqa: BLE001 - the actor is already gone

@@ -69,6 +69,7 @@ class ActorContext:
         "_ready",
         "_exited",
         "handled",
+        "progressed",
     )
 
     def __init__(
@@ -87,6 +88,7 @@ class ActorContext:
         self._ready = False
         self._exited = False
         self.handled = 0  # messages handled by a pykka incarnation (its thread writes)
+        self.progressed = False  # see report_progress
 
     # ---- messaging (any thread) -----------------------------------------------
 
@@ -110,6 +112,14 @@ class ActorContext:
         if not self._ready:
             self._ready = True
             self._post(self.supervisor._child_ready, self.role, self.generation)
+
+    def report_progress(self) -> None:
+        """This incarnation did useful work: if it fails now, the supervisor treats
+        the failure as it treats one after a stable run (``stable_after``): the
+        consecutive-failure count starts again, so the restart waits the first
+        backoff step and does not count toward the fallback. Any thread; call it
+        before failing (the exit report that follows carries it)."""
+        self.progressed = True
 
     def report_exit(self, error: BaseException | None) -> None:
         if not self._exited:

@@ -26,14 +26,18 @@ Semantics, stated precisely (OTP ``supervisor`` unless noted):
 - Backoff (Akka's ``restartWithBackoff``): restart ``n`` of a child waits
   ``min(backoff_max, backoff_base * 2**(n-1)) * uniform(1, 1 + jitter)``; ``n``
   counts consecutive failures and resets once the child has run for
-  ``stable_after`` seconds.
+  ``stable_after`` seconds. A failure of an incarnation that reported progress
+  (``ActorContext.report_progress``: e.g. a recognition stream that carried new
+  audio before it died; a crash loop never does) resets it to zero and is not
+  counted: it is restarted after the first backoff step.
 - Retry before fallback: a child spec with a ``fallback`` factory is restarted
-  ``max_retries`` times; the next failure starts the fallback in the same slot at
-  once (no backoff: the call must not go quiet). After ``probe_interval`` the
-  slot is half-open: the primary is started again in place of the fallback; if
-  it runs ``probe_hold`` seconds it is kept (closed), and if it fails within
-  that time the fallback comes back immediately and the next probe is
-  scheduled. Failures of a probe count toward intensity like any restart.
+  ``max_retries`` times (consecutive failures, counted as for backoff: a failure
+  after progress is not counted); the next failure starts the fallback
+  in the same slot at once (no backoff: the call must not go quiet). After
+  ``probe_interval`` the slot is half-open: the primary is started again in
+  place of the fallback; if it runs ``probe_hold`` seconds it is kept (closed),
+  and if it fails within that time the fallback comes back immediately and the
+  next probe is scheduled. Failures of a probe count toward intensity like any restart.
 - Role addressing: ``tell_role(role, msg)`` delivers to whatever incarnation is
   in the slot. While the slot has no running child (starting, restarting,
   backing off) messages are buffered, at most ``buffer`` of them; beyond that
@@ -607,9 +611,11 @@ class Supervisor(TrioActor):
             await self._restart_group(slot, delay=0.0)
             self._schedule(slot, spec.probe_interval, "probe")
             return
-        if uptime >= spec.stable_after:
+        progressed = slot.ctx is not None and slot.ctx.generation == generation and slot.ctx.progressed
+        if uptime >= spec.stable_after or progressed:
             slot.failures = 0
-        slot.failures += 1
+        if not progressed:  # a failure after progress is not one of a consecutive run
+            slot.failures += 1
         slot.restarts += 1
         self._event(role, "restart")
         if spec.fallback is not None and not slot.fallback_active and slot.failures > spec.max_retries:

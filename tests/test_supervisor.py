@@ -283,6 +283,90 @@ async def test_fallback_even_after_a_long_healthy_run(autojump_clock: Any) -> No
         sup.request_stop()
 
 
+class Progressing(Recorded):
+    """Fails ``fail_after`` s after starting; reports progress first when ``progress``."""
+
+    def __init__(self, log: Log, role: str, *, fail_after: float, progress: bool) -> None:
+        super().__init__(log, role)
+        self.progress = progress
+        self.die_after = fail_after
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        self.nursery.start_soon(self._die)
+
+    async def _die(self) -> None:
+        await trio.sleep(self.die_after)
+        if self.progress:
+            self.ctx.report_progress()
+        raise RuntimeError(f"{self.role} lost its stream")
+
+
+async def test_failures_after_progress_never_reach_the_fallback(autojump_clock: Any) -> None:
+    """A primary that dies every 3 s, each time after doing useful work, is restarted
+    after the first backoff step every time and never handed to the fallback (its
+    uptime, 3 s, is far below ``stable_after``); one that reports no progress falls
+    back after ``max_retries``, as before."""
+    for progress, want_fallback in ((True, False), (False, True)):
+        log = Log()
+        primaries, fallbacks = [0], [0]
+        sup = Supervisor(
+            "call",
+            [
+                stt_spec(
+                    counted(lambda: Progressing(log, "primary", fail_after=3.0, progress=progress), primaries),
+                    counted(lambda: Recorded(log, "fallback"), fallbacks),
+                    stable_after=10.0,
+                    probe_interval=1000.0,
+                )
+            ],
+            intensity=100,
+            period=10.0,
+            rng=random.Random(2),
+        )
+        async with trio.open_nursery() as n:
+            await n.start(run_root, sup)
+            await trio.sleep(30)
+            snap = child_snap(sup, "stt")
+            sup.request_stop()
+        assert snap["fallback"] is want_fallback, (progress, snap)
+        assert (fallbacks[0] > 0) is want_fallback
+        if progress:
+            assert primaries[0] >= 9 and snap["restarts"] == primaries[0] - 1
+            p = log.of("start", "primary")
+            delays = [b - a - 3.0 for a, b in zip(p, p[1:])]
+            assert all(0.2 - 1e-9 <= d <= 0.2 * 1.2 + 1e-9 for d in delays), delays  # first step each time
+        else:
+            assert primaries[0] == 4
+
+
+async def test_progress_of_an_earlier_incarnation_does_not_excuse_a_later_one(autojump_clock: Any) -> None:
+    """Progress is per incarnation: after one that progressed, four that cannot start
+    (a refused open) still bring the fallback."""
+    log = Log()
+    made, fallbacks = [0], [0]
+
+    def primary(ctx: Any) -> TrioActor:
+        made[0] += 1
+        if made[0] == 1:
+            return Progressing(log, "primary", fail_after=2.0, progress=True)
+        return Recorded(log, "primary", fail_start=True)
+
+    sup = Supervisor(
+        "call",
+        [stt_spec(primary, counted(lambda: Recorded(log, "fallback"), fallbacks), probe_interval=1000.0)],
+        intensity=100,
+        period=10.0,
+    )
+    async with trio.open_nursery() as n:
+        await n.start(run_root, sup)
+        await trio.sleep(20)
+        snap = child_snap(sup, "stt")
+        sup.request_stop()
+    assert made[0] == 5  # the one that progressed, then four refused opens
+    assert fallbacks[0] == 1 and snap["fallback"] is True
+
+
 async def test_probe_that_holds_returns_to_primary(autojump_clock: Any) -> None:
     log = Log()
     primaries = [0]

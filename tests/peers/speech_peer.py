@@ -37,7 +37,9 @@ Faults (:class:`SpeechFaults`; change them any time with :meth:`SpeechPeer.set_f
 thread-safe): abort a stream with a status after N audio requests, fail the next K opens
 with ``UNAVAILABLE``, delay the first response of each stream, a maximum stream duration
 (Google's is 305 s; aborts with ``OUT_OF_RANGE``), reject a model for a language with
-``INVALID_ARGUMENT``, kill every stream once it is ``kill_every_s`` old (``UNAVAILABLE``).
+``INVALID_ARGUMENT``, kill every stream once it is ``kill_every_s`` old, or once it has
+received ``kill_after_audio_s`` of audio (``UNAVAILABLE``; replayed audio counts: a client
+that replays more than that into each new stream never gets past its replay).
 
 Records (read under :attr:`SpeechPeer.lock` or via the snapshot helpers): one
 :class:`RecordedStream` per stream with its config, per-request audio and serialized
@@ -101,6 +103,7 @@ class SpeechFaults:
     max_stream_s: float = MAX_STREAM_S_GOOGLE  # OUT_OF_RANGE past it
     reject_models: dict[str, set[str]] = field(default_factory=dict)  # language -> models
     kill_every_s: float | None = None  # UNAVAILABLE once a stream is this old
+    kill_after_audio_s: float | None = None  # UNAVAILABLE once a stream has received this much audio
 
 
 @dataclass(frozen=True)
@@ -519,6 +522,11 @@ class _StreamRun:
             if len(data) > 25600:  # Google: "audio_content ... limited to 25 KB"
                 raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"Request audio_content too large: {len(data)} bytes.")
             yield from self._audio(data, faults)
+            if faults.kill_after_audio_s is not None and self.samples >= faults.kill_after_audio_s * self.rate:
+                raise _Abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"Stream killed after {self.samples / self.rate:.2f} s of audio (injected).",
+                )
             if faults.abort_after_requests is not None and self.audio_requests >= faults.abort_after_requests:
                 raise _Abort(faults.abort_code, f"Stream aborted after {self.audio_requests} requests (injected).")
 
