@@ -181,6 +181,7 @@ def register_admin(app: Any, settings: Settings, get_runtime: Callable[[], Any])
             command_poll_s=poll_s,
             store_timeout_s=timeout,
             on_skip=lambda: runtime.metrics.count("presence_skipped"),
+            live_ids=lambda: frozenset(runtime.live),
         )
         state["reader"] = p.reader
         await app.nursery.start(p.run)
@@ -199,6 +200,13 @@ def register_admin(app: Any, settings: Settings, get_runtime: Callable[[], Any])
         if request.path.startswith("/admin/") and not admin_ok(settings, request.headers):
             return admin_denied()
         return None
+
+    @app.after_request
+    async def _answered_by(resp: Any) -> Any:
+        p = state["presence"]
+        if p is not None and request.path.startswith("/admin/"):
+            resp.headers["X-Callengine-Process"] = p.id  # which process answered (they all answer alike)
+        return resp
 
     @app.errorhandler(StoreUnavailable)
     async def _store_unavailable(exc: StoreUnavailable) -> Any:

@@ -117,7 +117,10 @@ class Presence:
     """This process's heartbeat, published state and command runner (see the module doc).
 
     ``state_fn()`` (trio thread) returns the JSON-able state to publish: at
-    least ``calls`` (a list) and ``chats`` (a list). ``on_command(call_sid,
+    least ``calls`` (a list) and ``chats`` (a list). ``live_ids()`` (cheap,
+    trio thread), when given, is checked every ``command_poll_s``: when it
+    differs from what was last published (a call began or ended), the state is
+    published at once instead of at the next heartbeat. ``on_command(call_sid,
     action, role)`` (trio thread) runs one command and returns a short result
     ("ok", "no such call", ...).
     """
@@ -134,6 +137,7 @@ class Presence:
         store_timeout_s: float = 2.0,
         on_skip: Callable[[], None] | None = None,
         host: str | None = None,
+        live_ids: Callable[[], Any] | None = None,
     ) -> None:
         self.store = store
         self.reader = PresenceReader(store, dead_after_s=dead_after_s)
@@ -147,6 +151,8 @@ class Presence:
         self.command_poll_s = command_poll_s
         self.store_timeout_s = store_timeout_s
         self._on_skip = on_skip
+        self._live_ids = live_ids
+        self._published_ids: Any = None
         self._seen_calls: set[str] = set()
         self.heartbeats = 0
         self.skipped = 0
@@ -170,7 +176,8 @@ class Presence:
         while True:
             await trio.sleep(self.command_poll_s)
             await self.run_commands()
-            if trio.current_time() >= next_beat:
+            changed = self._live_ids is not None and self._live_ids() != self._published_ids
+            if changed or trio.current_time() >= next_beat:
                 next_beat = trio.current_time() + self.heartbeat_s
                 await self.beat()
                 sweeps += 1
@@ -179,6 +186,7 @@ class Presence:
 
     async def beat(self) -> None:
         """Publish the state now (also called right after a call starts or ends)."""
+        ids = self._live_ids() if self._live_ids is not None else None
         state = self._state_fn()
         calls = state.get("calls", [])
         new = [c["sid"] for c in calls if c.get("sid") and c["sid"] not in self._seen_calls]
@@ -201,6 +209,7 @@ class Presence:
             self._seen_calls.update(new)
             live = {c.get("sid") for c in calls}
             self._seen_calls &= live
+            self._published_ids = ids
             self.heartbeats += 1
 
     async def run_commands(self) -> None:
