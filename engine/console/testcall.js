@@ -207,6 +207,7 @@ export class TestCallView {
     const c = current;
     if (c && c.state === "live") {
       this.meter.firstChild.style.width = `${Math.min(100, Math.sqrt(c.level) * 140)}%`;
+      Object.assign(this.facts.dataset, { sent: c.stats.sent, heard: c.receivedSeconds.toFixed(2), marks: c.stats.marks, clears: c.stats.clears });
       this.facts.replaceChildren(
         c.player && c.player.speaking ? badge("agent speaking", "live") : badge("listening", "idle"), " ",
         `sent ${clock(c.stats.sent * 0.02)} · heard ${clock(c.receivedSeconds)} · marks ${c.stats.marks} · clears ${c.stats.clears}`);
