@@ -56,6 +56,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.config:
         os.environ["CALLENGINE_CONFIG"] = os.path.abspath(args.config)
 
+    if settings.whatsapp.start_sidecar and not settings.secret("sidecar_secret"):
+        # The host and the sidecar it starts share this secret: made here, before
+        # any worker starts, and handed to both, so nobody has to copy it.
+        import secrets
+
+        os.environ["CALLENGINE_SIDECAR_SECRET"] = secrets.token_urlsafe(32)
+        settings = load_settings(args.config, overrides=overrides)
     from hypercorn.config import Config
 
     hc = Config()

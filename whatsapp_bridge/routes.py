@@ -27,9 +27,9 @@ reply happen in the chat's tree.
 
 Ownership: ``WhatsAppService.run`` is a task in the app's nursery (started by
 ``start_whatsapp`` in ``before_serving``). It owns the shared HTTP client, the
-router (and through it the spawning of chat trees under ``runtime.chats``), and,
-when ``[whatsapp] start_sidecar`` is true, the Node sidecar process, restarted
-with backoff if it exits. All handlers and service methods run on the trio
+router (and through it the spawning of chat trees under ``runtime.chats``). When
+``[whatsapp] start_sidecar`` is true it adds the Node sidecar to the engine's
+supervision tree (``whatsapp_bridge.sidecar_process``). All handlers and service methods run on the trio
 thread; store writes run on worker threads through ``runtime.read_store``.
 
 Wiring (``engine/host.py``): ``register_routes(app)`` in ``create_app`` (before
@@ -43,12 +43,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import time
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlparse
 
 import trio
 from quart import Response, jsonify, request
@@ -58,13 +55,13 @@ from engine.store import StoreUnavailable
 from whatsapp_bridge import baileys, cloud
 from whatsapp_bridge.chat import ChatRouter
 from whatsapp_bridge.senders import JsonPoster, new_http_client
+from whatsapp_bridge.sidecar_process import SidecarStatus, sidecar_tree_spec
 
 __all__ = ["WhatsAppService", "register_routes", "start_whatsapp", "get_service"]
 
 log = logging.getLogger("callengine.whatsapp")
 
 RECENT_IDS = 100_000
-SIDECAR_DIR = Path(__file__).resolve().parent / "sidecar"
 _EXT = "whatsapp"
 
 
@@ -88,6 +85,7 @@ class WhatsAppService:
         self.metrics = runtime.metrics
         self.router: ChatRouter | None = None
         self.qr: dict[str, Any] | None = None
+        self.sidecar: SidecarStatus | None = None  # when this process supervises the sidecar
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._pending: dict[str, trio.Event] = {}
         self._ready = trio.Event()
@@ -118,7 +116,7 @@ class WhatsAppService:
             async with trio.open_nursery() as nursery:
                 self.router = await nursery.start(router.run)
                 if self.wa.start_sidecar:
-                    nursery.start_soon(self._run_sidecar)
+                    await self._start_sidecar(client)
                 self._ready.set()
                 task_status.started(self)
                 await trio.sleep_forever()
@@ -127,29 +125,17 @@ class WhatsAppService:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await client.aclose()
 
-    async def _run_sidecar(self) -> None:
-        """Keep ``node src/main.js`` running (restart with backoff); killed on cancellation."""
+    async def _start_sidecar(self, client: Any) -> None:
+        """Add the Node sidecar under the engine's tree (``whatsapp_bridge.sidecar_process``)."""
         secret = self.settings.secret("sidecar_secret")
         if not secret:
             log.error("start_sidecar is true but CALLENGINE_SIDECAR_SECRET is not set; sidecar not started")
             return
-        port = urlparse(self.wa.sidecar_url).port or 3001
-        env = dict(os.environ)
-        env.update(
-            {
-                "CALLENGINE_SIDECAR_SECRET": secret,
-                "CALLENGINE_HOST_URL": f"http://127.0.0.1:{self.settings.port}",
-                "CALLENGINE_SIDECAR_PORT": str(port),
-            }
-        )
-        delay = 1.0
-        while True:
-            started = trio.current_time()
-            result = await trio.run_process(["node", "src/main.js"], cwd=SIDECAR_DIR, env=env, check=False)
-            self.metrics.count("whatsapp_sidecar_exit")
-            log.error("whatsapp sidecar exited", extra={"returncode": result.returncode})
-            delay = 1.0 if trio.current_time() - started > 60 else min(60.0, delay * 2)
-            await trio.sleep(delay)
+        root = self.runtime.root
+        if root is None:
+            return
+        self.sidecar = SidecarStatus()
+        await root.start_child(sidecar_tree_spec(self.settings, secret, self.sidecar, client))
 
     async def shutdown(self) -> None:
         """Stop the chat trees gracefully before the runtime stops (an ``after_serving`` hook).
