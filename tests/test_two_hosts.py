@@ -127,3 +127,9 @@ async def test_calls_spread_over_two_hosts_and_either_host_lists_them_all(proxy:
             await trio.sleep(0.2)
         holders = {c["process"] for c in mine}
         assert holders == procs_a, holders  # the calls were spread over both hosts
+    # The console's event stream passes the proxy unbuffered.
+    req = urllib.request.Request(f"http://{front}/admin/events", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        lines = [resp.readline().decode().strip() for _ in range(4)]
+    assert "event: calls" in lines and any(line.startswith("data: {\"calls\"") for line in lines), lines
