@@ -8,6 +8,12 @@ stop the host at start-up, not surface as silence on a live call.
 
 Languages are keyed by their short code (``en``, ``he``); ``language`` is the BCP-47
 tag of the call language (``en-US``, ``he-IL``; ``iw-IL`` is accepted as Hebrew).
+
+``country`` (ISO 3166 alpha-2, e.g. ``IL``) is where the business's callers live:
+a phone number a caller gives is valid only when it is a valid number of that
+country (or an international one said with a ``+``). When the profile does not
+say, it is the country of the business's first phone number, else the region of
+its language tag.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+import phonenumbers
 
 __all__ = ["Business", "FaqEntry", "BusinessError", "load_business", "load_businesses", "short_lang"]
 
@@ -56,6 +64,7 @@ class Business:
     # reply (keys such as ask_name, ask_phone, confirm, goodbye, fallback).
     prompts: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     source: str = ""  # the file it came from
+    country: str = ""  # ISO 3166 alpha-2 region of the callers' phone numbers ("" if unknown)
 
     @property
     def lang(self) -> str:
@@ -129,13 +138,15 @@ def parse_business(data: Mapping[str, Any], src: str) -> Business:
     default = data.get("default", False)
     if not isinstance(default, bool):
         raise BusinessError(f"{src}: key 'default' must be true or false")
+    phone_numbers = _str_tuple(data, "phone_numbers", src)
     return Business(
+        country=_country(data.get("country"), phone_numbers, language, src),
         id=bid,
         name=_req(data, "name", str, src),
         language=language,
         greetings=greetings,
         voice=str(data.get("voice", "")),
-        phone_numbers=_str_tuple(data, "phone_numbers", src),
+        phone_numbers=phone_numbers,
         whatsapp_numbers=_str_tuple(data, "whatsapp_numbers", src),
         default=default,
         persona=str(data.get("persona", "")),
@@ -145,6 +156,22 @@ def parse_business(data: Mapping[str, Any], src: str) -> Business:
         prompts=prompts,
         source=src,
     )
+
+
+def _country(value: Any, phone_numbers: tuple[str, ...], language: str, src: str) -> str:
+    if value is not None:
+        if not isinstance(value, str) or phonenumbers.country_code_for_region(value.upper()) == 0:
+            raise BusinessError(f"{src}: key 'country' must be an ISO 3166 country code such as 'IL', got {value!r}")
+        return value.upper()
+    for number in phone_numbers:
+        try:
+            region = phonenumbers.region_code_for_number(phonenumbers.parse(number, None))
+        except phonenumbers.NumberParseException:
+            continue
+        if region and region != "ZZ":
+            return region
+    tail = language.rsplit("-", 1)[-1].upper() if "-" in language else ""
+    return tail if phonenumbers.country_code_for_region(tail) else ""
 
 
 def load_business(path: Path) -> Business:

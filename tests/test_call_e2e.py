@@ -27,7 +27,7 @@ def caller(h: HostProcess, steps: list, **kw) -> SimulatedCaller:  # type: ignor
     return SimulatedCaller(h.ws, steps, auth_token=TWILIO_TOKEN, keep_audio=False, **kw)
 
 
-async def test_three_turn_call_transcribes_replies_and_stores_the_lead(host: HostProcess) -> None:
+async def test_call_transcribes_replies_confirms_the_number_and_stores_the_lead(host: HostProcess) -> None:
     c = caller(
         host,
         [
@@ -35,7 +35,9 @@ async def test_three_turn_call_transcribes_replies_and_stores_the_lead(host: Hos
             WaitForReply(timeout=20),
             Say("My name is David Cohen"),
             WaitForReply(timeout=20),
-            Say("My phone number is 0 5 4 1 2 3 4 5 6 7"),
+            Say("My phone number is 0 5 4 9 8 7 6 5 4 3"),
+            WaitForReply(timeout=20),  # the number read back: "I have 0 5 4, 9 8 7, 6 5 4 3. Is that right?"
+            Say("Yes, that's right"),
             WaitForReply(timeout=20),
         ],
         custom_parameters={"from": "+15550001111", "to": "+15005550006"},
@@ -44,11 +46,11 @@ async def test_three_turn_call_transcribes_replies_and_stores_the_lead(host: Hos
     assert result.ok, result.errors
     assert result.greeting_first_frame_ms is not None
     assert all(t.reply_first_frame_ms is not None for t in result.turns), result.turns
-    assert result.marks_received >= 4  # greeting + three replies, each closed by a mark
+    assert result.marks_received >= 5  # greeting + four replies, each closed by a mark
     assert result.underruns == 0
     assert not result.violations
 
-    record = await trio.to_thread.run_sync(lambda: host.call_record(result.call_sid, turns=3))
+    record = await trio.to_thread.run_sync(lambda: host.call_record(result.call_sid, turns=4))
     assert record["business"] == "demo" and record["from"] == "+15550001111"
     status, listing = await trio.to_thread.run_sync(lambda: host.get("/admin/calls"))
     mine = [c for c in listing["calls"] if c["call_sid"] == result.call_sid]
@@ -58,7 +60,7 @@ async def test_three_turn_call_transcribes_replies_and_stores_the_lead(host: Hos
     text = " ".join(t["transcript"].lower() for t in turns)
     assert "leak" in text and "kitchen" in text, turns
     assert "david" in text, turns
-    assert re.sub(r"\D", "", text).find("541234567") >= 0, [t["transcript"] for t in turns]
+    assert re.sub(r"\D", "", text).find("549876543") >= 0, [t["transcript"] for t in turns]
     assert "name" in turns[0]["reply"].lower()  # asked for the name next
     for t in turns:
         stamps = t["stamps"]
@@ -71,7 +73,8 @@ async def test_three_turn_call_transcribes_replies_and_stores_the_lead(host: Hos
     assert len(leads) == 1 and leads[0]["complete"]
     fields = leads[0]["fields"]
     assert "david" in fields["name"].lower()
-    assert fields["phone"].endswith("541234567")
+    assert fields["phone"].endswith("549876543") and fields["phone_e164"] == "+972549876543"
+    assert "9 8 7" in turns[2]["reply"] and "right" in turns[2]["reply"]  # read back, then confirmed
     assert "leak" in fields["need"].lower()
 
 

@@ -14,7 +14,8 @@ from tests.peers.openai_peer import OpenAIPeer, Rule
 
 DEMO = load_business(Path(__file__).resolve().parents[1] / "config" / "businesses" / "demo.toml")
 FALLBACK = DEMO.prompt("fallback")
-LEAD = {"name": "Dana Levi", "phone": "050-1234567", "need": "a leaking boiler"}
+LEAD = {"name": "Dana Levi", "phone": "050-2345678", "need": "a leaking boiler"}
+SAVED = {**LEAD, "phone_e164": "+972502345678"}  # the number as given, and normalized
 
 
 @pytest.fixture
@@ -23,6 +24,8 @@ def peer():
         Rule("Caller:", reply="Dana booked a plumber for a leaking boiler."),  # the summary request
         Rule("book me", tool="save_lead", arguments=LEAD),
         Rule("my name", tool="save_lead", arguments={"name": "Dana"}),
+        Rule("short number", reply="Thanks, got it.", tool="save_lead", arguments={"phone": "054-987-654"}),
+        Rule("no such number", tool="save_lead", arguments={"phone": "0541234567"}),
         Rule("with text", reply="Great, saved.", tool="save_lead", arguments=LEAD),
         Rule("bye", tool="end_call"),
         Rule("count", reply="one two three four five six"),
@@ -146,13 +149,14 @@ def test_unreachable_server_yields_the_template():
 def test_save_lead_tool_call_yields_lead_and_confirmation(peer, planner):
     conv = planner.open_conversation(DEMO, channel="call")
     events = run(conv, "please book me a plumber")
-    assert events[0] == LeadCaptured(fields=LEAD, complete=True)
-    assert text_of(events) == "Thanks Dana Levi. We will call you at 050-1234567 about a leaking boiler. Anything else?"
+    assert events[0] == LeadCaptured(fields=SAVED, complete=True)
+    # Read back digit by digit, grouped, on a call.
+    assert text_of(events) == "Thanks Dana Levi. We will call you at 0 5 0, 2 3 4, 5 6 7 8 about a leaking boiler. Anything else?"
     # reply() does not change state: the lead is adopted on commit only.
     assert conv.lead == {}
     assert "Collect: name, phone, need" in conv.system_prompt()
     conv.commit("please book me a plumber", text_of(events))
-    assert conv.lead == LEAD
+    assert conv.lead == SAVED
     assert "Lead complete." in conv.system_prompt()
 
 
@@ -161,7 +165,19 @@ def test_partial_lead_asks_for_the_next_field_and_text_is_kept(peer, planner):
     events = run(conv, "my name is Dana")
     assert events == [LeadCaptured(fields={"name": "Dana"}, complete=False), TextDelta(DEMO.prompt("ask_phone"))]
     events = run(conv, "save it with text")
-    assert events == [TextDelta("Great, "), TextDelta("saved."), LeadCaptured(fields=LEAD, complete=True)]
+    assert events == [TextDelta("Great, "), TextDelta("saved."), LeadCaptured(fields=SAVED, complete=True)]
+
+
+def test_save_lead_with_an_incomplete_or_invalid_number_is_not_saved_and_asks_again(peer, planner):
+    conv = planner.open_conversation(DEMO, channel="call")
+    events = run(conv, "my short number")
+    # The model accepted it; the engine does not: 9 digits of a 10-digit mobile number.
+    assert LeadCaptured(fields={}, complete=False) in events
+    assert text_of(events) == "Thanks, got it. I got 9 digits; could you say the whole number again, digit by digit?"
+    events = run(conv, "no such number")
+    assert events[0] == LeadCaptured(fields={}, complete=False)
+    assert text_of(events).startswith("I heard 0 5 4, 1 2 3, 4 5 6 7, which is not a phone number I can use.")
+    assert "digit by digit" in conv.system_prompt() and "Collect: name, phone, need" in conv.system_prompt()
 
 
 def test_speculative_reply_is_not_history(peer, planner):

@@ -64,27 +64,34 @@ def test_three_turn_demo_conversation(demo):
     assert leads(events)[0].fields["name"] == "David Cohen"
     assert not leads(events)[0].complete
 
-    events, spoken = turn(conv, "it's 054 123 4567")
+    events, spoken = turn(conv, "it's 054 987 6543")
     (lead,) = leads(events)
-    assert lead.complete
-    assert dict(lead.fields) == {"name": "David Cohen", "phone": "0541234567", "need": "a leaking pipe in the kitchen"}
+    assert not lead.complete  # read back first
+    assert dict(lead.fields) == {
+        "name": "David Cohen", "phone": "0549876543", "need": "a leaking pipe in the kitchen",
+        "phone_e164": "+972549876543",
+    }
+    assert spoken == "I have 0 5 4, 9 8 7, 6 5 4 3. Is that right?"  # digit by digit, grouped
+
+    events, spoken = turn(conv, "Yes, that's right")
+    (lead,) = leads(events)
+    assert lead.complete and lead.fields["phone"] == "0549876543"
     assert spoken.startswith("Thanks David Cohen.")
     assert "a leaking pipe in the kitchen" in spoken
-    assert "0 5 4 1 2 3 4 5 6 7" in spoken  # digit by digit on a call
     assert not any(isinstance(e, EndCall) for e in events)
     # One TextDelta per sentence.
     deltas = [e.text for e in events if isinstance(e, TextDelta)]
     assert deltas == ["Thanks David Cohen.", deltas[1], "Anything else?"] and deltas[1].startswith("We will call")
     summary = conv.summary()
-    assert "David Cohen" in summary and "0541234567" in summary and "leaking pipe" in summary
+    assert "David Cohen" in summary and "0549876543" in summary and "leaking pipe" in summary
     assert "\n" not in summary
 
 
 def test_chat_confirm_keeps_phone_as_digits(demo):
     conv = RulesPlanner().open_conversation(demo, channel="chat")
     turn(conv, "My name is Dana, my sink is blocked")
-    _, spoken = turn(conv, "0521112222")
-    assert "0521112222" in spoken and "Dana" in spoken
+    _, spoken = turn(conv, "0527654321")
+    assert "0527654321" in spoken and "Dana" in spoken
 
 
 @pytest.mark.parametrize(
@@ -147,7 +154,11 @@ def test_bare_no_after_confirm_is_goodbye_but_not_before(demo):
     assert not any(isinstance(e, EndCall) for e in events)
     turn(conv, "I have a leak")
     turn(conv, "David")
-    turn(conv, "0541234567")
+    turn(conv, "0549876543")
+    events, _ = turn(conv, "no")  # to the read-back: the number is wrong, not goodbye
+    assert not any(isinstance(e, EndCall) for e in events)
+    turn(conv, "0549876543")
+    turn(conv, "yes")
     events, _ = turn(conv, "no")
     assert isinstance(events[-1], EndCall)
 
@@ -164,9 +175,13 @@ def test_hebrew_conversation(demo_he):
     assert leads(events)[0].fields["name"] == "דוד כהן"
     assert leads(events)[0].fields["need"] == "נזילה במטבח"
 
-    events, spoken = turn(conv, "המספר שלי אפס חמש ארבע אחת שתיים שלוש ארבע חמש שש שבע")
+    events, spoken = turn(conv, "המספר שלי אפס חמש ארבע תשע שמונה שבע שש חמש ארבע שלוש")
     (lead,) = leads(events)
-    assert lead.complete and lead.fields["phone"] == "0541234567"
+    assert not lead.complete and lead.fields["phone"] == "0549876543"
+    assert spoken == "רשמתי 0 5 4, 9 8 7, 6 5 4 3. זה נכון?"
+    events, spoken = turn(conv, "כן, נכון")
+    (lead,) = leads(events)
+    assert lead.complete and lead.fields["phone_e164"] == "+972549876543"
     assert spoken.startswith("תודה דוד כהן.")
 
     _, spoken = turn(conv, "מתי אתם פתוחים?")
@@ -221,15 +236,17 @@ def test_spoken_digits_fill_the_phone_slot(demo):
     conv = RulesPlanner().open_conversation(demo, channel="call")
     turn(conv, "I need someone to fix my boiler")
     turn(conv, "This is Ron")
-    events, _ = turn(conv, "zero five four one two three four five six seven")
-    assert leads(events)[0].fields["phone"] == "0541234567"
+    events, _ = turn(conv, "zero five four nine eight seven six five four three")
+    assert leads(events)[0].fields["phone"] == "0549876543"
+    events, _ = turn(conv, "yes")
     assert leads(events)[0].complete
 
 
 @pytest.mark.parametrize(
     "text, asked, name",
     [
-        ("my name is david cohen", False, "David Cohen"),
+        ("my name is david cohen", False, "david cohen"),  # as said: no re-casing
+        ("My name is Ann McDonald", False, "Ann McDonald"),
         ("Hi, this is Sarah, my toilet is clogged", False, "Sarah"),
         ("I'm calling about a leak", False, None),
         ("this is urgent", False, None),
@@ -253,7 +270,7 @@ def test_reply_does_not_change_state(demo):
     assert first == second
     assert conv.lead == {"need": "a leaking pipe"}
     # A speculative reply to something else, thrown away, leaves no trace either.
-    list(conv.reply("0541234567", cancel=CancelToken()))
+    list(conv.reply("0549876543", cancel=CancelToken()))
     assert conv.lead == {"need": "a leaking pipe"}
     assert list(conv.reply("My name is David Cohen", cancel=CancelToken())) == first
 
@@ -263,12 +280,12 @@ def test_cancel_stops_the_stream(demo):
     turn(conv, "I have a leak")
     turn(conv, "David")
     token = CancelToken()
-    stream = conv.reply("0541234567", cancel=token)
+    stream = conv.reply("0549876543", cancel=token)
     got = [next(stream), next(stream)]  # the lead, the first sentence
     assert isinstance(got[0], LeadCaptured) and isinstance(got[1], TextDelta)
     token.cancel("barge-in")
     assert list(stream) == []
-    assert list(conv.reply("0541234567", cancel=token)) == []
+    assert list(conv.reply("0549876543", cancel=token)) == []
 
 
 def test_history_restores_lead_state(demo):
@@ -281,7 +298,7 @@ def test_history_restores_lead_state(demo):
     ]
     conv = RulesPlanner().open_conversation(demo, channel="chat", history=history)
     assert conv.lead == {"need": "a leaking pipe in the kitchen", "name": "Dana"}
-    events, _ = turn(conv, "0541234567")
+    events, _ = turn(conv, "0549876543")  # a chat: typed, so no read-back
     assert leads(events)[0].complete
 
 
@@ -315,3 +332,116 @@ def test_custom_lead_field_is_asked_and_filled(demo):
     events, spoken = turn(conv, "12 Herzl street, Haifa")
     (lead,) = leads(events)
     assert lead.complete and lead.fields == {"name": "Dana", "address": "12 Herzl street, Haifa"}
+
+
+# ----------------------------------------------------------------- the phone slot on a call
+
+
+def _up_to_phone(biz, channel="call"):
+    conv = RulesPlanner().open_conversation(biz, channel=channel)
+    turn(conv, "I have a leaking pipe in the kitchen")
+    turn(conv, "My name is David Cohen")
+    return conv
+
+
+@pytest.mark.parametrize(
+    "said, count",
+    [
+        ("zero five four nine eight seven six five", 8),  # two digits lost
+        ("my number is 054 987 654", 9),  # one lost: a 7-15 digit rule took this as complete
+    ],
+)
+def test_an_incomplete_number_is_not_stored_and_the_caller_is_told(demo, said, count):
+    conv = _up_to_phone(demo)
+    events, spoken = turn(conv, said)
+    assert not leads(events) and "phone" not in conv.lead
+    assert spoken == f"I got {count} digits; could you say the whole number again, digit by digit?"
+
+
+def test_a_number_with_no_such_range_is_read_back_and_asked_again(demo):
+    conv = _up_to_phone(demo)
+    events, spoken = turn(conv, "0541234567")  # ten digits, but 054-1xx is not allocated
+    assert not leads(events)
+    assert spoken.startswith("I heard 0 5 4, 1 2 3, 4 5 6 7, which is not a phone number I can use.")
+
+
+def test_a_number_split_over_two_turns_is_joined(demo):
+    conv = _up_to_phone(demo)
+    _, spoken = turn(conv, "zero five four nine eight seven")  # the turn ended at a pause
+    assert spoken.startswith("I got 6 digits")
+    events, spoken = turn(conv, "six five four three")
+    assert leads(events)[0].fields["phone"] == "0549876543"
+    assert spoken == "I have 0 5 4, 9 8 7, 6 5 4 3. Is that right?"
+
+
+@pytest.mark.parametrize(
+    "correction, fixed, read",
+    [
+        ("No, the last digits are 6 5 4 4", "0549876544", "0 5 4, 9 8 7, 6 5 4 4"),
+        ("no, it's five two", "0529876543", "0 5 2, 9 8 7, 6 5 4 3"),
+        ("No. It's 052 765 4321.", "0527654321", "0 5 2, 7 6 5, 4 3 2 1"),
+    ],
+)
+def test_a_correction_is_understood_and_read_back_again(demo, correction, fixed, read):
+    conv = _up_to_phone(demo)
+    turn(conv, "zero five four nine eight seven six five four three")
+    events, spoken = turn(conv, correction)
+    (lead,) = leads(events)
+    assert lead.fields["phone"] == fixed and not lead.complete
+    assert spoken == f"I have {read}. Is that right?"
+    events, spoken = turn(conv, "yes")
+    assert leads(events)[0].complete and leads(events)[0].fields["phone"] == fixed
+    assert conv.lead["phone_e164"] == "+972" + fixed[1:]
+    assert spoken.startswith("Thanks David Cohen. We will call you at " + read)
+
+
+def test_a_bare_no_clears_the_number_and_asks_again(demo):
+    conv = _up_to_phone(demo)
+    turn(conv, "0549876543")
+    events, spoken = turn(conv, "no")
+    (lead,) = leads(events)
+    assert lead.fields["phone"] == "" and lead.fields["phone_e164"] == "" and not lead.complete
+    assert "phone" not in conv.lead
+    assert spoken == demo.prompt("phone_again") or spoken.startswith("Sorry about that.")
+    turn(conv, "0527654321")
+    events, _ = turn(conv, "that's right")
+    assert leads(events)[0].complete and conv.lead["phone"] == "0527654321"
+
+
+def test_a_question_during_the_read_back_is_answered_then_asked_again(demo):
+    conv = _up_to_phone(demo)
+    turn(conv, "0549876543")
+    events, spoken = turn(conv, "when are you open?")
+    assert "Sunday" in spoken and spoken.endswith("I have 0 5 4, 9 8 7, 6 5 4 3. Is that right?")
+    assert not any(isinstance(e, EndCall) for e in events)
+    events, _ = turn(conv, "yes")
+    assert leads(events)[0].complete
+
+
+def test_the_number_as_said_and_in_e164_both_reach_the_record(demo):
+    conv = _up_to_phone(demo, channel="chat")
+    events, _ = turn(conv, "+972 54 987 6543")
+    (lead,) = leads(events)
+    assert lead.complete  # a typed number needs no read-back
+    assert lead.fields["phone"] == "+972549876543" and lead.fields["phone_e164"] == "+972549876543"
+
+
+def test_the_business_country_decides_what_is_valid(demo):
+    import dataclasses
+
+    us = dataclasses.replace(demo, country="US")
+    conv = _up_to_phone(us)
+    _, spoken = turn(conv, "two one two, five five five, sixty five forty three")
+    assert spoken == "I have 2 1 2, 5 5 5, 6 5 4 3. Is that right?"
+    _, spoken = turn(_up_to_phone(us), "0549876543")  # an Israeli number, no +972
+    assert spoken.startswith("I heard")
+
+
+def test_names_and_needs_keep_the_callers_words(demo):
+    conv = RulesPlanner().open_conversation(demo, channel="call")
+    turn(conv, "My toilet is blocked and water is everywhere")
+    turn(conv, "my name is dana bat-sheva levi")
+    assert conv.lead["name"] == "dana bat-sheva levi"
+    assert conv.lead["need"] == "my toilet is blocked and water is everywhere"
+    turn(conv, "I need someone to fix my boiler, it makes a loud noise")
+    assert conv.lead["need"] == "someone to fix my boiler, it makes a loud noise"

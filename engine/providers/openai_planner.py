@@ -26,6 +26,12 @@ stream is closed and the generator returns without the template.
 History and leads: ``reply`` reads the committed history and never changes it; the lead
 fields a reply's ``save_lead`` call extracted are parked under its user text and become
 the conversation's lead state only when ``commit`` is called with that user text.
+
+A phone number from ``save_lead`` is checked against the business's country
+(``engine.phone``): a valid one is kept as given plus ``phone_e164``; an incomplete or
+invalid one is not saved, and the caller is told what was heard and asked for the
+whole number (the model's own words may have accepted it). The tool asks the model to
+read a number back digit by digit and save it only once the caller confirms.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import httpx2
 import openai
 
 from engine.business import Business
+from engine.phone import PHONE_PROMPTS, PhoneCheck, check, extract_phone, problem_prompt, read_back
 from engine.messages import CancelToken, EndCall, LeadCaptured, TextDelta
 from engine.providers.base import PlannerEvent
 
@@ -175,6 +182,8 @@ class OpenAIConversation:
         rules = f"Reply in {language}, 1-2 short spoken sentences, no lists or markup."
         if missing:
             task = f"Collect: {', '.join(missing)}; call save_lead with each value you get."
+            if "phone" in missing:
+                task += " Read a phone number back digit by digit; save it once the caller confirms."
         else:
             task = "Lead complete."
         budget = MAX_SYSTEM_PROMPT - len(head) - len(rules) - len(task) - len(" Facts: ") - 3
@@ -209,7 +218,7 @@ class OpenAIConversation:
                     "description": "Save the caller's details as soon as you learn any of them.",
                     "parameters": {
                         "type": "object",
-                        "properties": {f: {"type": "string"} for f in fields},
+                        "properties": {f: _FIELD_SCHEMAS.get(f, {"type": "string"}) for f in fields},
                         "required": [],
                     },
                 },
@@ -309,13 +318,19 @@ class OpenAIConversation:
         end: EndCall | None = None
         for _, call in sorted(calls.items()):
             if call["name"] == "save_lead":
-                fields = self._lead_fields(call["arguments"])
+                fields, rejected = self._checked_phone(self._lead_fields(call["arguments"]))
                 with self._lock:
                     merged = {**self._lead, **self._pending_lead.get(user_text, {}), **fields}
                     self._pending_lead[user_text] = merged
                 complete = all(merged.get(f) for f in self.business.lead_fields)
                 yield LeadCaptured(fields=dict(merged), complete=complete)
-                if not said:
+                if rejected is not None:
+                    key, values = problem_prompt(rejected, self.business.country)
+                    template = self.business.prompt(key, self.lang) or PHONE_PROMPTS.get(self.lang, PHONE_PROMPTS["en"])[key]
+                    text = template.format_map(_Blank(values))
+                    yield TextDelta((" " if said else "") + text)
+                    said.append(text)
+                elif not said:
                     text = self._next_prompt(merged, complete)
                     said.append(text)
                     yield TextDelta(text)
@@ -346,12 +361,28 @@ class OpenAIConversation:
             if k in self.business.lead_fields and isinstance(v, (str, int, float)) and str(v).strip()
         }
 
+    def _checked_phone(self, fields: dict[str, str]) -> tuple[dict[str, str], PhoneCheck | None]:
+        """``fields`` with a valid phone's ``phone_e164`` added, or without the phone
+        and with what was wrong with it."""
+        said = fields.get("phone")
+        if not said:
+            return fields, None
+        found = extract_phone(said, min_digits=1)
+        result = check(found[0], self.business.country) if found else PhoneCheck(said, "invalid")
+        if result.valid:
+            return {**fields, "phone_e164": result.e164}, None
+        log.info("openai planner: save_lead phone rejected", extra={"business": self.business.id, "problem": result.problem})
+        return {k: v for k, v in fields.items() if k != "phone"}, result
+
     def _next_prompt(self, lead: Mapping[str, str], complete: bool) -> str:
         if complete:
             template = self.business.prompt("confirm", self.lang)
             if template:
+                values = dict(lead)
+                if self.channel == "call" and lead.get("phone_e164"):
+                    values["phone"] = read_back(lead["phone"], self.business.country)
                 try:
-                    return template.format_map(_Blank(lead))
+                    return template.format_map(_Blank(values))
                 except (ValueError, IndexError):
                     return template
         else:
@@ -422,6 +453,17 @@ class OpenAIConversation:
 class _Blank(dict):
     def __missing__(self, key: str) -> str:
         return ""
+
+
+_FIELD_SCHEMAS: dict[str, dict[str, str]] = {
+    "phone": {
+        "type": "string",
+        "description": "The caller's phone number as said (digits; a leading + if international), "
+        "after reading it back digit by digit and the caller confirming it.",
+    },
+    "name": {"type": "string", "description": "The caller's name exactly as they said it."},
+    "need": {"type": "string", "description": "What the caller needs, in their own words."},
+}
 
 
 def _clip(text: str, limit: int) -> str:

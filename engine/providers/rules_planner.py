@@ -15,6 +15,14 @@ throws the state away, ``commit`` recomputes the same plan on the committed stat
 and keeps it. Restoring a WhatsApp chat from the store is the same thing: re-run
 ``_plan`` over the stored user turns.
 
+The phone slot (``_phone_step``; parsing, validity and corrections in
+``engine.phone``): a number counts only when it is valid for the business's
+``country``. On a call it is read back digit by digit, grouped, and the lead is
+complete only after the caller's "yes"; "no" asks again, digits correct it. A
+short or invalid number is not stored: the caller hears how many digits came
+through, and digits said next may complete it. In a chat (typed) a valid number
+needs no read-back. Names and needs keep the caller's words and casing.
+
 Rejected: keyword tables per business (the FAQ phrases already say what to match)
 and regexes per FAQ entry (too brittle for ASR output). FAQ matching is weighted
 token coverage with light stemming (English suffixes, Hebrew one-letter prefixes)
@@ -37,6 +45,7 @@ from typing import Iterable, Iterator, Mapping
 
 from engine.business import Business, FaqEntry
 from engine.messages import CancelToken, EndCall, LeadCaptured, TextDelta
+from engine.phone import PHONE_PROMPTS, check, correct, extract_phone, find_runs, is_digit_word, problem_prompt, read_back
 from engine.providers.base import PlannerEvent
 
 __all__ = ["RulesPlanner", "RulesConversation", "extract_phone", "extract_name"]
@@ -168,95 +177,6 @@ def _is_goodbye(text: str, after_confirm: bool) -> bool:
     return any(f" {p} " in padded for p in _EN_GOODBYE + _HE_GOODBYE)
 
 
-# ----------------------------------------------------------------- phone
-
-_EN_DIGITS = {
-    "zero": "0", "oh": "0", "o": "0", "one": "1", "two": "2", "to": None, "three": "3", "four": "4",
-    "for": None, "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9",
-}
-_HE_DIGITS = {
-    "אפס": "0", "אחת": "1", "אחד": "1", "שתיים": "2", "שתים": "2", "שניים": "2", "שנים": "2",
-    "שלוש": "3", "שלושה": "3", "ארבע": "4", "ארבעה": "4", "חמש": "5", "חמישה": "5", "שש": "6",
-    "שישה": "6", "שבע": "7", "שבעה": "7", "שמונה": "8", "תשע": "9", "תשעה": "9",
-}
-_REPEAT = {"double": 2, "triple": 3}
-_PHONE_TOKEN = re.compile(r"\+?\d[\d\-.()/]*|[^\s,;:.!?()]+")
-_MIN_PHONE, _MAX_PHONE = 7, 15
-
-
-def _digit_word(tok: str) -> str | None:
-    tok = tok.lower()
-    value = _EN_DIGITS.get(tok)
-    if value:
-        return value
-    if tok in _HE_DIGITS:
-        return _HE_DIGITS[tok]
-    if len(tok) > 2 and tok[0] == "ו" and tok[1:] in _HE_DIGITS:  # "ושתיים" = "and two"
-        return _HE_DIGITS[tok[1:]]
-    return None
-
-
-def extract_phone(text: str) -> tuple[str, tuple[int, int]] | None:
-    """Find a phone number: digits, spoken English or Hebrew digit words, separators.
-
-    Returns ``(digits, (start, end))`` where ``digits`` keeps a leading ``+`` and the
-    span locates the number in ``text``; ``None`` when no run of 7-15 digits exists.
-    "oh"/"o" count as zero only next to other digits, "double five" is "55".
-    """
-    best: tuple[str, tuple[int, int]] | None = None
-    run, start, end, pending = "", -1, -1, 1
-    strong = False  # the run holds something other than "oh"
-
-    def close() -> None:
-        nonlocal best, run, start, strong
-        digits = run.lstrip("+")
-        longer = best is None or len(digits) > len(best[0].lstrip("+"))
-        if strong and _MIN_PHONE <= len(digits) <= _MAX_PHONE and longer:
-            best = (run, (start, end))
-        run, start, strong = "", -1, False
-
-    for m in _PHONE_TOKEN.finditer(text):
-        tok = m.group(0)
-        gap = text[end:m.start()] if start >= 0 else ""
-        if start >= 0 and any(c not in " ,-.;:()/\t" for c in gap):
-            close()
-        if tok[0].isdigit() or (tok[0] == "+" and len(tok) > 1):
-            digits = re.sub(r"\D", "", tok)
-            if tok.startswith("+") and not run:
-                digits = "+" + digits
-            if start < 0:
-                start = m.start()
-            run += digits * pending
-            pending, strong, end = 1, True, m.end()
-            continue
-        low = tok.lower()
-        if low in _REPEAT:
-            pending = _REPEAT[low]
-            if start < 0:
-                start = m.start()
-            end = m.end()
-            continue
-        d = _digit_word(low)
-        if d is not None:
-            if start < 0:
-                start = m.start()
-            run += d * pending
-            strong = strong or low not in ("oh", "o")
-            pending, end = 1, m.end()
-            continue
-        if low in ("dash", "hyphen", "plus", "פלוס", "מקף"):
-            if low in ("plus", "פלוס") and not run:
-                run, start = "+", m.start()
-            end = m.end() if start >= 0 else end
-            continue
-        if start >= 0:
-            close()
-        pending = 1
-    if start >= 0:
-        close()
-    return best
-
-
 # ----------------------------------------------------------------- name
 
 # Words that follow "I'm" / "this is" / "it's" but are not names.
@@ -285,7 +205,7 @@ _EN_NAME_WEAK = re.compile(r"\b(?:i'm|i am|im|this is|it's|it is|call me|here is
 _HE_NAME_STRONG = re.compile(r"(?:קוראים לי|השם שלי(?: הוא| היא)?|שמי(?: הוא| היא)?)\s+(.+)")
 _HE_NAME_WEAK = re.compile(r"(?:^|\s)(?:אני|זה|זאת|מדבר|מדברת)\s+(.+)")
 _NAME_STOP = re.compile(r"[,.;:!?]|\s(?:and|from|calling|i|i'm|ו?אני|ואני|מ)\s", re.I)
-_NAME_WORD = re.compile(r"^[^\W\d_][^\W\d_'\-]*$", re.UNICODE)
+_NAME_WORD = re.compile(r"^[^\W\d_]+(?:['\-][^\W\d_]+)*$", re.UNICODE)  # O'Brien, Bat-Sheva
 
 
 def _clean_name(candidate: str, strict: bool) -> tuple[str, int] | None:
@@ -307,7 +227,7 @@ def _clean_name(candidate: str, strict: bool) -> tuple[str, int] | None:
         low = w.lower()
         if not _NAME_WORD.match(w) or low in _EN_NOT_NAME or w in _HE_NOT_NAME:
             break
-        if _digit_word(low) is not None and low not in ("o", "oh"):
+        if is_digit_word(low) and low not in ("o", "oh"):
             break
         names.append(w)
         consumed = m.end()
@@ -315,9 +235,7 @@ def _clean_name(candidate: str, strict: bool) -> tuple[str, int] | None:
         return None
     if strict and not _HEBREW.match(names[0]) and not names[0][0].isupper():
         return None
-    if any(_HEBREW.match(n) for n in names):
-        return " ".join(names), consumed
-    return " ".join(n if n[0].isupper() else n.capitalize() for n in names), consumed
+    return " ".join(names), consumed  # as said: no re-casing ("McDonald", "de la Cruz")
 
 
 _YES = ("yes", "yeah", "sure", "ok", "okay", "כן", "בטח", "בסדר")
@@ -419,11 +337,22 @@ _CLAUSE_SPLIT = re.compile(
 
 
 def _need_clause(text: str) -> str:
-    """The sentence or clause of ``text`` that holds a problem word (or the whole text)."""
-    for clause in _CLAUSE_SPLIT.split(text):
-        if _has_problem_word(clause):
-            return clause
-    return text
+    """The clauses of ``text`` from the first to the last that holds a problem word
+    (or the whole text): the caller's own words, only the unrelated ones around cut."""
+    clauses = _clause_spans(text)
+    hits = [i for i, (a, b) in enumerate(clauses) if _has_problem_word(text[a:b])]
+    if not hits:
+        return text
+    return text[clauses[hits[0]][0] : clauses[hits[-1]][1]]
+
+
+def _clause_spans(text: str) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for m in _CLAUSE_SPLIT.finditer(text):
+        spans.append((start, m.start()))
+        start = m.end()
+    spans.append((start, len(text)))
+    return spans
 
 
 # ----------------------------------------------------------------- state
@@ -435,7 +364,9 @@ class _State:
 
     lang: str
     fields: Mapping[str, str] = field(default_factory=dict)
-    asked: str | None = None  # the slot we last asked for
+    asked: str | None = None  # the slot we last asked for ("phone_confirm": the read-back)
+    phone_ok: bool = False  # the phone is valid and (on a call) the caller confirmed it
+    phone_partial: str = ""  # digits of an incomplete number, joined with the next ones
     confirmed: bool = False  # the confirm prompt ("Anything else?") was the last thing said
     faq_topics: tuple[str, ...] = ()
     ended: bool = False
@@ -570,7 +501,11 @@ class RulesConversation:
     # -------------------------------------------------------------- planning
 
     def _p(self, key: str, lang: str) -> str:
-        return self._biz.prompt(key, lang) or _DEFAULTS.get(lang, _DEFAULTS["en"]).get(key, "")
+        return (
+            self._biz.prompt(key, lang)
+            or _DEFAULTS.get(lang, _DEFAULTS["en"]).get(key, "")
+            or PHONE_PROMPTS.get(lang, PHONE_PROMPTS["en"]).get(key, "")
+        )
 
     def _match_faq(self, text: str, lang: str) -> tuple[FaqEntry, str] | None:
         tv = [_variants(t) for t in _tokens(text)]
@@ -589,13 +524,13 @@ class RulesConversation:
         topic = (entry.questions.get(self._biz.lang) or entry.questions.get(lang) or (best[2],))[0]
         return entry, topic
 
-    def _format_fields(self, fields: Mapping[str, str]) -> dict[str, str]:
+    def _format_fields(self, fields: Mapping[str, str], lang: str) -> dict[str, str]:
         out = dict(fields)
         phone = out.get("phone", "")
         if phone and self._channel == "call":
-            # Read digit by digit on a call; a TTS would say "five hundred forty million...".
-            spoken = " ".join(phone.lstrip("+"))
-            out["phone"] = "plus " + spoken if phone.startswith("+") else spoken
+            # Digit by digit, grouped as the country writes it: a TTS would say
+            # "five hundred forty million..." for the bare digits.
+            out["phone"] = read_back(phone, self._biz.country, plus_word="פלוס" if lang == "he" else "plus")
         return out
 
     def _plan(self, state: _State, text: str) -> _Plan:
@@ -612,14 +547,12 @@ class RulesConversation:
         rest = text
 
         # Lead slots first: they may ride along with anything else.
+        phone = _PhoneStep(state.phone_ok, state.phone_partial)
         if "phone" in wanted:
-            found = extract_phone(rest)
-            if found:
-                if fields.get("phone") != found[0]:
-                    newly.append("phone")
-                fields["phone"] = found[0]
-                rest = _remove_span(rest, found[1], phone=True)
-        if "name" in wanted:
+            rest = self._phone_step(state, text, fields, phone)
+            if phone.changed:
+                newly.append("phone")
+        if "name" in wanted and phone.event not in ("confirmed", "again"):
             found_name = extract_name(rest, asked=state.asked == "name")
             if found_name:
                 if fields.get("name") != found_name[0]:
@@ -627,10 +560,11 @@ class RulesConversation:
                 fields["name"] = found_name[0]
                 rest = _remove_span(rest, found_name[1])
 
-        goodbye = _is_goodbye(text, state.confirmed or len(fields) == len(wanted) and bool(wanted))
-        faq = None if goodbye else self._match_faq(rest, lang)
+        complete_before = bool(wanted) and all(fields.get(f) for f in wanted) and ("phone" not in wanted or phone.ok)
+        goodbye = not phone.event and _is_goodbye(text, state.confirmed or complete_before)
+        faq = None if goodbye or phone.event in ("confirmed", "again") else self._match_faq(rest, lang)
 
-        if "need" in wanted and not goodbye:
+        if "need" in wanted and not goodbye and phone.event not in ("confirmed", "again"):
             rest_clean = rest.strip(" ,.;:!?")
             words = _tokens(rest_clean)
             need = None
@@ -644,7 +578,7 @@ class RulesConversation:
                 fields["need"] = need
 
         # Any other lead field a profile lists has no extractor: the answer to its question is the value.
-        custom = state.asked if state.asked not in (None, "name", "phone", "need") else None
+        custom = state.asked if state.asked not in (None, "name", "phone", "phone_confirm", "need") else None
         if custom and not goodbye and faq is None and not newly and _tokens(rest):
             newly.append(custom)
             fields[custom] = rest.strip(" ,.;:!?")
@@ -660,11 +594,12 @@ class RulesConversation:
                 topics = topics + (topic,)
 
         missing = [f for f in wanted if not fields.get(f)]
-        complete = bool(wanted) and not missing
+        complete = bool(wanted) and not missing and ("phone" not in wanted or phone.ok)
         ordered = {k: fields[k] for k in wanted if fields.get(k)}
-        ordered.update((k, v) for k, v in fields.items() if k not in ordered)
+        ordered.update((k, v) for k, v in fields.items() if k not in ordered and (v or k in state.fields))
         fields = ordered
         lead = LeadCaptured(fields=dict(fields), complete=complete) if newly else None
+        fields = {k: v for k, v in fields.items() if v}  # a rejected number is cleared in the record only
         asked: str | None = None
         confirmed = False
         end: EndCall | None = None
@@ -672,12 +607,28 @@ class RulesConversation:
         if goodbye:
             sentences = _split_sentences(self._p("goodbye", lang))
             end = EndCall("goodbye")
+        elif phone.event == "confirm":
+            sentences += _split_sentences(_fmt(self._p("confirm_phone", lang), self._format_fields(fields, lang)))
+            asked = "phone_confirm"
+        elif phone.event == "invalid":
+            key, values = problem_prompt(check(phone.said, self._biz.country), self._biz.country)
+            sentences += _split_sentences(_fmt(self._p(key, lang), values))
+            asked = "phone"
+        elif phone.event == "again":
+            sentences += _split_sentences(self._p("phone_again", lang))
+            asked = "phone"
         elif newly and complete:
-            confirm = _fmt(self._p("confirm", lang), self._format_fields(fields))
+            confirm = _fmt(self._p("confirm", lang), self._format_fields(fields, lang))
             sentences += _split_sentences(confirm)
             if not confirm.rstrip().endswith("?"):
                 sentences += _split_sentences(self._p("anything_else", lang))
             confirmed = True
+        elif state.asked == "phone_confirm" and fields.get("phone"):
+            # Neither yes nor no nor a number: answer what was asked, then ask again.
+            if faq is None:
+                sentences += _split_sentences(self._p("sorry", lang))
+            sentences += _split_sentences(_fmt(self._p("confirm_phone", lang), self._format_fields(fields, lang)))
+            asked = "phone_confirm"
         elif missing and (newly or (state.asked is not None and faq is not None) or _wants_service(rest)):
             asked = missing[0]
             sentences += _split_sentences(self._ask(asked, lang))
@@ -691,12 +642,79 @@ class RulesConversation:
             lang=lang,
             fields=fields,
             asked=asked,
+            phone_ok=phone.ok,
+            phone_partial=phone.partial,
             confirmed=confirmed,
             faq_topics=topics,
             ended=state.ended or goodbye,
             turns=state.turns + 1,
         )
         return _Plan(tuple(s for s in sentences if s), lead, end, new_state)
+
+    def _phone_step(self, state: _State, text: str, fields: dict[str, str], step: "_PhoneStep") -> str:
+        """The phone slot for one turn: fills ``fields`` and ``step``; returns the text
+        left for the other slots.
+
+        On a call a valid number is read back and asked about ("confirm"); "yes"
+        confirms it, "no" asks for it again, digits correct it (``engine.phone.correct``).
+        An incomplete or invalid number is not stored: the caller is told how many
+        digits were heard and asked for the whole number ("invalid"); its digits are
+        kept so that the rest, said next, completes it. In a chat a valid number
+        needs no read-back."""
+        region = self._biz.country
+        current = fields.get("phone", "")
+        if state.asked == "phone_confirm" and current:
+            runs = [r for r in find_runs(text) if r.strong]
+            if runs:
+                fixed = correct(current, text, region)
+                if fixed is None:
+                    said = max(runs, key=lambda r: r.count)
+                    self._set_phone(fields, step, None)
+                    step.event, step.said, step.count, step.partial = "invalid", said.digits, said.count, ""
+                    return text
+                self._set_phone(fields, step, fixed)
+                step.event = "confirm"
+                return ""
+            if _is_no(text):
+                self._set_phone(fields, step, None)
+                step.event = "again"
+                return text
+            if _is_yes(text):
+                step.ok, step.changed, step.event = True, True, "confirmed"
+                return text
+            return text
+        asked = state.asked == "phone"
+        found = extract_phone(text, min_digits=3 if asked or _PHONE_WORDS.search(text) else MIN_PHONE_DIGITS)
+        if found is None:
+            return text
+        digits, span = found
+        result = check(digits, region)
+        if not result.valid and state.phone_partial and not digits.startswith("+"):
+            joined = check(state.phone_partial + digits, region)
+            if joined.valid:
+                result = joined
+        rest = _remove_span(text, span, phone=True)
+        if not result.valid:
+            step.event, step.said, step.count = "invalid", digits, result.count
+            step.partial = digits if not digits.startswith("+") and result.problem in ("short", "invalid") else ""
+            return rest
+        self._set_phone(fields, step, result.digits)
+        step.partial = ""
+        if self._channel == "call":
+            step.event = "confirm"
+        else:
+            step.ok = True
+        return rest
+
+    def _set_phone(self, fields: dict[str, str], step: "_PhoneStep", digits: str | None) -> None:
+        """Store ``digits`` as said and in E.164, or clear both (``None``)."""
+        e164 = check(digits, self._biz.country).e164 if digits else ""
+        if fields.get("phone", "") != (digits or ""):
+            step.changed = True
+        if digits or fields.get("phone"):
+            fields["phone"] = digits or ""
+            fields["phone_e164"] = e164
+        step.ok = False
 
     def _ask(self, slot: str, lang: str) -> str:
         """The question for ``slot``: the profile's ``ask_<slot>``, else a generic one."""
@@ -711,6 +729,37 @@ _EN_SERVICE = re.compile(
     r"\b(?:book|appointment|someone|come (?:over|out)|send|schedule|help|plumber|technician|visit)\b", re.I
 )
 _HE_SERVICE = re.compile(r"(?:לקבוע|תור|ביקור|שיבוא|לשלוח|עזרה|אינסטלטור|טכנאי)")
+
+
+@dataclass
+class _PhoneStep:
+    """What the phone slot did in one turn (see ``RulesConversation._phone_step``)."""
+
+    ok: bool
+    partial: str
+    event: str = ""  # "" | "confirm" | "confirmed" | "again" | "invalid"
+    changed: bool = False
+    said: str = ""  # the digits heard, for "invalid"
+    count: int = 0
+
+
+MIN_PHONE_DIGITS = 7  # unprompted, a shorter run is not taken for a phone number
+_PHONE_WORDS = re.compile(r"\b(?:phone|number|cell|mobile|reach me|call me)\b|טלפון|מספר|נייד", re.I)
+_YES_WORDS = frozenset(
+    "yes yeah yep yup correct right exactly sure ok okay perfect כן נכון בדיוק בסדר מדויק".split()
+)
+_NO_START = frozenset("no nope nah wrong incorrect not לא טעות".split())
+
+
+def _is_yes(text: str) -> bool:
+    """A confirmation ("yes", "that's right", "כן, נכון"), in its first three words."""
+    words = _tokens(text)
+    return bool(words) and not _is_no(text) and any(w in _YES_WORDS for w in words[:3])
+
+
+def _is_no(text: str) -> bool:
+    words = _tokens(text)
+    return bool(words) and (words[0] in _NO_START or " ".join(words[:3]) in ("that's wrong", "that is wrong", "זה לא נכון"))
 
 
 def _wants_service(text: str) -> bool:
