@@ -470,7 +470,7 @@ async def test_idle_chat_passivates_and_restores_history(tmp_path: Path) -> None
                 await trio.sleep(0.05)
         assert h.events()["whatsapp_chat_passivated"] >= 1
         # The next message spawns a new tree whose planner restored the name from the store.
-        await h.say(chat, "p3", "054-123-4567")
+        await h.say(chat, "p3", "054-987-6543")  # valid in IL (054-123-... is not allocated)
         replies = await h.replies(chat, 3)
         assert replies[2].startswith("Thanks Dana.") and "leak in the kitchen" in replies[2], replies
         assert h.events()["whatsapp_history_restored"] >= 1
