@@ -84,7 +84,7 @@ def _make_voice(name: str, settings: "Settings") -> TextToSpeech:
     if name == "espeak":
         from engine.providers.espeak_tts import EspeakTts
 
-        return EspeakTts(rate_wpm=settings.espeak.rate_wpm)
+        return EspeakTts(rate_wpm=settings.espeak.rate_wpm, hebrew_diacritize=settings.espeak.hebrew_diacritize)
     if name == "google":
         from engine.providers.google_tts import GoogleTts
 

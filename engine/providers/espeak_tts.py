@@ -19,6 +19,11 @@ with ``-`` is not an option); NUL and other control characters are removed.
 Cancellation is checked between reads and between chunks; on cancel (or when the
 consumer closes the generator) the subprocess is killed and reaped.
 
+Hebrew: unless ``hebrew_diacritize`` is off or the Nakdimon model file is missing
+(then a warning and raw espeak-ng Hebrew), Hebrew text is pointed by Nakdimon and
+handed over as espeak-ng phonemes (``engine.providers.hebrew_niqqud``): raw
+espeak-ng guesses Hebrew vowels and drops most of them.
+
 Threads: one ``EspeakTts`` per process, shared; ``synthesize`` is a blocking
 generator run on the TTS actor's pykka thread. Each call owns its own subprocess,
 so concurrent calls from different threads are safe.
@@ -82,6 +87,8 @@ class EspeakTts:
         executable: str | None = None,
         voices: Mapping[str, str] | None = None,
         chunk_bytes: int = CHUNK_BYTES,
+        hebrew_diacritize: bool = True,
+        nakdimon_model: str | None = None,
     ) -> None:
         exe = executable or shutil.which("espeak-ng")
         if not exe or not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
@@ -98,6 +105,23 @@ class EspeakTts:
         self._available = _list_voices(exe)
         self._voices = dict(_DEFAULT_VOICES, **(voices or {}))
         self._warned: set[str] = set()
+        self._niqqud = None
+        if hebrew_diacritize:
+            from engine.providers.hebrew_niqqud import NakdimonDiacritizer
+
+            try:
+                self._niqqud = NakdimonDiacritizer(nakdimon_model)
+            except FileNotFoundError as exc:
+                log.warning("Hebrew is spoken by raw espeak-ng: %s", exc)
+
+    def hebrew_input(self, text: str) -> str:
+        """What espeak-ng is given for Hebrew text: pointed by Nakdimon and written as
+        espeak-ng phonemes (``hebrew_niqqud``), or the text itself without the model."""
+        if self._niqqud is None:
+            return text
+        from engine.providers.hebrew_niqqud import espeak_phonemes
+
+        return espeak_phonemes(self._niqqud.diacritize(text))
 
     def voice_for(self, language: str, voice: str = "") -> str:
         """The espeak-ng voice used for ``language`` (BCP-47) or an explicit ``voice``.
@@ -127,6 +151,8 @@ class EspeakTts:
         clean = " ".join(_CONTROL.sub(" ", text or "").split())
         if not clean:
             return
+        if short_lang(language or "en") == "he":
+            clean = self.hebrew_input(clean)
         argv = [self._exe, "--stdout", "-v", self.voice_for(language, voice), "-s", str(self._rate), "--", clean]
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
