@@ -1,14 +1,15 @@
-"""The ``callengine`` command: ``serve``, ``call``, ``loadtest``.
+"""The ``callengine`` command: ``serve``, ``call``, ``loadtest``, ``eval``.
 
 ``serve`` validates everything it can before binding a socket (settings,
 business profiles), so a typo is reported with its key and file and the process
 exits with status 2 instead of serving a broken line.
 
 With ``--workers 1`` the app runs in this process under ``trio.run`` with a
-signal-driven shutdown trigger (hypercorn's ``serve`` handles no signals
-itself); with ``--workers N`` hypercorn's multi-process runner spawns N trio
-workers, each loading ``engine.host:create_app()``, and turns SIGTERM/SIGINT
-into a graceful shutdown of all of them.
+signal-driven shutdown trigger that drains the host first (``engine.drain``:
+hypercorn's ``serve`` handles no signals itself); with ``--workers N``
+hypercorn's multi-process runner spawns N trio workers, each loading
+``engine.host:create_app()``, and turns SIGTERM/SIGINT into a shutdown of all
+of them, each draining first.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
     os.environ["CALLENGINE_PORT"] = str(settings.port)
     if args.config:
         os.environ["CALLENGINE_CONFIG"] = os.path.abspath(args.config)
-
     if settings.whatsapp.start_sidecar and not settings.secret("sidecar_secret"):
         # The host and the sidecar it starts share this secret: made here, before
         # any worker starts, and handed to both, so nobody has to copy it.
@@ -63,6 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
         os.environ["CALLENGINE_SIDECAR_SECRET"] = secrets.token_urlsafe(32)
         settings = load_settings(args.config, overrides=overrides)
+
     from hypercorn.config import Config
 
     hc = Config()
@@ -82,10 +83,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
         from hypercorn.trio.run import worker_serve
         from hypercorn.utils import wrap_app
 
+        from engine.drain import shutdown_trigger
         from engine.host import create_app
 
         app = create_app(settings)
-        trio.run(partial(worker_serve, wrap_app(app, 1 << 20, None), hc, shutdown_trigger=wait_for_signal))
+        # SIGTERM/SIGINT drain the host (engine.drain) before hypercorn stops listening.
+        trio.run(partial(worker_serve, wrap_app(app, 1 << 20, None), hc, shutdown_trigger=shutdown_trigger(app)))
         return
 
     from hypercorn.run import run as hypercorn_run
@@ -198,6 +201,12 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
     raise SystemExit(loadtest_main(args))
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from bench.eval import main as eval_main
+
+    raise SystemExit(eval_main(args))
+
+
 def cmd_voice_check(args: argparse.Namespace) -> None:
     from engine.voice_check import main as voice_check_main
 
@@ -242,6 +251,26 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--json", action="store_true")
     lt.add_argument("--server-pid", type=int, action="append", help="server process ids to sample (psutil)")
     lt.set_defaults(func=cmd_loadtest)
+
+    ev = sub.add_parser(
+        "eval",
+        help="recorded human speech through the host: WER live and offline, turns, onsets, latency, noise",
+    )
+    ev.add_argument("--url", default="", help="a running host's media URL (ws://H:P/twilio/media); default: start one")
+    ev.add_argument("--calls", type=int, default=3, help="concurrent calls the utterances are dealt out to (default 3)")
+    ev.add_argument("--smoke", action="store_true", help="only the small subset that make test plays")
+    ev.add_argument("--clip", action="append", default=[], help="only this clip id (repeatable)")
+    ev.add_argument("--data", help="the data folder (default $CALLENGINE_EVAL_DATA or var/eval-data)")
+    ev.add_argument("--stt", default="", help="recognizer of the started host and of the offline pass")
+    ev.add_argument("--model", default="", help="whisper model for both (as CALLENGINE_WHISPER_MODEL)")
+    ev.add_argument("--reply-timeout", type=float, default=10.0, help="seconds to wait for a reply before the next line")
+    ev.add_argument("--gap", type=float, default=0.6, help="the caller's pause after hearing a reply, seconds")
+    ev.add_argument("--no-offline", action="store_true", help="skip the offline pass of the same recognizer")
+    ev.add_argument("--no-noise", action="store_true", help="skip the noise / false barge-in calls")
+    ev.add_argument("--noise-dbfs", type=float, default=-30.0, help="RMS level of the noise clips, dBFS (default -30)")
+    ev.add_argument("--out", help="write eval.json and eval.md into this folder")
+    ev.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    ev.set_defaults(func=cmd_eval)
 
     vc = sub.add_parser(
         "voice-check",

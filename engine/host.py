@@ -18,7 +18,7 @@ Everything else, lifespan included, still goes to Quart.
 The media handler (``_serve_media``) is the socket's one owner. It checks the
 upgrade (signature, capacity) and refuses it with 403 / 503 where the server
 supports HTTP refusals (else closes with 1008 / 1013), accepts, reads until
-``start`` (``START_TIMEOUT_S``), then spawns the call tree and waits for it to
+``start`` (``admission.start_timeout_s``), then spawns the call tree and waits for it to
 end. While the tree lives, the tree's transport reads and writes the socket
 through the handler's ``MediaSocket`` directly (no parsing, decoding or
 logging per frame here, and no task or channel in between). When the tree
@@ -43,25 +43,32 @@ import trio
 from quart import Response, g, jsonify, request
 from quart_trio import QuartTrio
 
-from engine import hypercorn_fixes, testcall
+from engine import drain, hypercorn_fixes, testcall
 from engine.admin import register_admin
 from engine.config import Settings, load_settings
 from engine.console import register_routes as register_console_routes
 from engine.logs import setup_logging
 from engine.messages import CallInfo
+from engine.admission import Ticket
 from engine.runtime import Runtime
 from transports import signature as twsig
 from transports import twilio as tw
-from transports.asgi_ws import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, MediaRoute, MediaSocket
+from transports.asgi_ws import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TRY_AGAIN_LATER,
+    MediaRoute,
+    MediaSocket,
+)
 from transports.twiml import connect_stream_twiml, say_and_hangup_twiml
 from whatsapp_bridge.routes import register_routes as register_whatsapp_routes
+from whatsapp_bridge.routes import get_service as get_whatsapp_service
 from whatsapp_bridge.routes import start_whatsapp
 
 hypercorn_fixes.apply()
 
 log = logging.getLogger("callengine.host")
 
-START_TIMEOUT_S = 15.0  # how long a new media socket may take to send `start`
 _WEBHOOKS = frozenset({"/twilio/voice", "/twilio/status", "/whatsapp/baileys", "/whatsapp/cloud"})
 TREE_STOP_TIMEOUT_S = 5.0  # how long a cancelled handler waits for its call tree to stop
 
@@ -80,6 +87,14 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         return runtime
 
     app.extensions["callengine"] = state
+    drain.register_app(app)
+
+    def chats_in_flight() -> int:
+        svc = get_whatsapp_service(app)
+        router = svc.router if svc is not None else None
+        return sum(s["inflight"] for s in router.sessions()) if router is not None else 0
+
+    state["chats_in_flight"] = chats_in_flight
     register_whatsapp_routes(app)
     register_console_routes(app)
     testcall.register_routes(app, settings, rt)
@@ -140,11 +155,15 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         runtime = state["runtime"]
         if runtime is None or runtime.root is None:
             return jsonify({"status": "starting"}), 503
+        admission = runtime.admission
         return jsonify(
             {
-                "status": "ok",
+                # Draining (SIGTERM): 503, so a load balancer stops routing here
+                # while the calls in progress finish.
+                "status": "draining" if admission.draining else "ok",
                 "pid": os.getpid(),
                 "calls_live": runtime.live_call_count,
+                "admission": admission.snapshot(),
                 "stt": settings.stt,
                 "tts": settings.tts,
                 "llm": settings.llm,
@@ -152,7 +171,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
                 "journal_pending": runtime.writer.pending,
                 "uptime_s": round(time.time() - runtime.started_at, 1),
             }
-        )
+        ), (503 if admission.draining else 200)
 
     @app.get("/metrics")
     async def metrics() -> Any:
@@ -188,10 +207,14 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         form = await request.form
         to = form.get("To", "")
         biz = runtime.business_for_number(to)
-        if runtime.live_call_count >= settings.max_calls:
-            runtime.metrics.calls_rejected.labels("capacity").inc()
-            busy = biz.prompt("busy", default="All our lines are busy right now. Please call again in a few minutes.")
-            return Response(say_and_hangup_twiml(busy, biz.language), content_type="text/xml")
+        if not runtime.admission.can_take_call():
+            if runtime.admission.draining:
+                runtime.metrics.calls_rejected.labels("draining").inc()
+                text = biz.prompt("draining", default="We are updating our system. Please call again in a minute.")
+            else:
+                runtime.metrics.calls_rejected.labels("capacity").inc()
+                text = biz.prompt("busy", default="All our lines are busy right now. Please call again in a few minutes.")
+            return Response(say_and_hangup_twiml(text, biz.language), content_type="text/xml")
         params = {
             "business": biz.id,
             "from": form.get("From", ""),
@@ -243,10 +266,23 @@ async def _serve_media(sock: MediaSocket, runtime: Runtime, settings: Settings) 
             metrics.signature_failures.labels("media").inc()
             await sock.refuse(403, "invalid signature", CLOSE_POLICY_VIOLATION)
             return
-    if runtime.live_call_count >= settings.max_calls:
-        metrics.calls_rejected.labels("capacity").inc()
-        await sock.refuse(503, "too many calls", CLOSE_TRY_AGAIN_LATER)
+    # Counted from here (the upgrade), not from `start`: see engine.admission.
+    ticket = runtime.admission.admit(sock.client_ip)
+    if isinstance(ticket, str):
+        metrics.calls_rejected.labels(ticket).inc()
+        if ticket == "draining":
+            await sock.refuse(503, "shutting down", CLOSE_GOING_AWAY)
+        else:
+            await sock.refuse(503, "too many calls", CLOSE_TRY_AGAIN_LATER)
         return
+    try:
+        await _serve_admitted(sock, runtime, settings, ticket)
+    finally:
+        ticket.release()
+
+
+async def _serve_admitted(sock: MediaSocket, runtime: Runtime, settings: Settings, ticket: Ticket) -> None:
+    metrics = runtime.metrics
     await sock.accept()
     info: CallInfo | None = None
     try:
@@ -258,10 +294,17 @@ async def _serve_media(sock: MediaSocket, runtime: Runtime, settings: Settings) 
         if started is None:
             return
         info, stream = started
+        ticket.started()
         live = await runtime.start_call(info, stream, sock)
         await live.ended.wait()
         if live.escalated and sock.open:
             await _play_apology(sock, stream, runtime.apology_audio(info.business_id))
+        elif live.end_reason == "shutdown" and sock.open:
+            # The drain timeout ended the call: a word to the caller, then hang up.
+            with trio.move_on_after(settings.drain.closing_grace_s):
+                await sock.send_text(stream.clear())
+                await _play_apology(sock, stream, runtime.closing_audio(info.business_id))
+            await sock.close(CLOSE_GOING_AWAY)
     finally:
         with trio.CancelScope(shield=True):
             live = runtime.live.get(info.call_sid) if info is not None else None
@@ -281,13 +324,13 @@ async def _serve_media(sock: MediaSocket, runtime: Runtime, settings: Settings) 
 async def _await_start(
     sock: MediaSocket, runtime: Runtime, settings: Settings
 ) -> tuple[CallInfo, tw.TwilioStream] | None:
-    """Read until ``start`` (within ``START_TIMEOUT_S``): the new call's info and
-    its stream, or None when there is no call to run (counted)."""
+    """Read until ``start`` (within ``admission.start_timeout_s``): the new call's
+    info and its stream, or None when there is no call to run (counted)."""
     connected_at = time.monotonic()
     stream = tw.TwilioStream(max_message_bytes=settings.max_message_bytes)
     metrics = runtime.metrics
     start: tw.Start | None = None
-    with trio.move_on_after(START_TIMEOUT_S):
+    with trio.move_on_after(settings.admission.start_timeout_s):
         while start is None:
             got = await sock.receive()
             if got is None:

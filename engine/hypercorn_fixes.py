@@ -44,6 +44,13 @@
    that, for such a close, sends the close frame with wsproto's code first.
    (Direct mode does the same in ``transports.asgi_ws``.)
 
+7. Drain before shutdown in worker processes: ``trio_worker`` turns the
+   runner's shutdown event into its ``shutdown_trigger`` by looking up
+   ``check_multiprocess_shutdown_event`` when it starts (after loading the
+   app, hence after this patch); the patched one runs ``engine.drain`` first,
+   so a worker keeps serving while its calls drain (one worker:
+   ``engine.cli`` passes ``engine.drain.shutdown_trigger`` itself).
+
 All are tested in ``tests/test_host.py``, ``tests/test_asgi_ws.py`` and
 ``tests/test_reliability.py``.
 """
@@ -313,6 +320,26 @@ def apply() -> None:
                 await self.send(_ws.StreamClosed(stream_id=self.stream_id))
 
     _ws.WSStream._handle_events = _handle_events_failing  # type: ignore[method-assign]
+
+    from hypercorn.trio import run as _trio_run
+
+    original_check = _trio_run.check_multiprocess_shutdown_event
+
+    async def _check_then_drain(event: Any, sleep: Any) -> None:
+        # A worker of the multi-process runner: the runner's shutdown event (or
+        # a signal sent to this worker) starts the drain; hypercorn stops
+        # serving only after it (7.).
+        from functools import partial
+
+        from engine import drain
+
+        app = drain.current_app()
+        if app is None:
+            await original_check(event, sleep)
+            return
+        await drain.shutdown_trigger(app, partial(original_check, event, sleep))()
+
+    _trio_run.check_multiprocess_shutdown_event = _check_then_drain
 
     tcp_server.TCPServer._cx_takeover = None  # type: ignore[attr-defined]
     tcp_server.TCPServer._cx_read_scope = None  # type: ignore[attr-defined]

@@ -28,13 +28,16 @@ from typing import Any, Callable
 import trio
 
 from engine.actor import ActorContext
+from engine.admission import Admission
 from engine.bridge import call_soon_in_trio
 from engine.business import Business, load_businesses
 from engine.config import Settings
+from engine.drain import CLOSING_DEFAULT
 from engine.messages import CallInfo, FlushJournal, RecordCallEnded, RecordCallStarted, RecordTurn
 from engine.metrics import Metrics
 from engine.providers import make_planner, make_stt, make_tts
 from engine.recorder import Recorder
+from engine.repair import CallOwnership
 from engine.store import DurableWriter, Journal, Store, StoreUnavailable, open_store
 from engine.supervisor import ChildSpec, Restart, Supervisor, run_root
 
@@ -46,7 +49,7 @@ class LiveCall:
     info: CallInfo
     tree: Supervisor
     ended: trio.Event = field(default_factory=trio.Event)
-    end_reason: str = ""
+    end_reason: str = ""  # preset to "shutdown" by the drain before it stops the tree
     escalated: bool = False
 
 
@@ -69,12 +72,17 @@ class Runtime:
         self._bounded_limiter = trio.CapacityLimiter(4)
         self._greetings: dict[str, bytes] = {}
         self._apologies: dict[str, bytes] = {}
+        self._closings: dict[str, bytes] = {}
+        a = settings.admission
+        self.admission = Admission(settings.max_calls, a.max_pending, a.max_pending_per_ip)
         self.live: dict[str, LiveCall] = {}
         self.root: Supervisor | None = None
         self.calls: Supervisor | None = None
         self.chats: Supervisor | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self.writer = DurableWriter(store, Journal(settings.data_path / "journal.jsonl"))
+        self.ownership = CallOwnership(store, dead_after_s=settings.repair.dead_after_s)
+        self._beat_now = trio.Event()
         self.chat_hooks: list[Callable[["Runtime"], Any]] = []
         self.started_at = time.time()
         self.vad_session: Any = None  # engine.providers.vad.SileroSession, loaded by create()
@@ -90,6 +98,7 @@ class Runtime:
         for biz in businesses.values():
             store.upsert_business(biz.id, biz.name, {"language": biz.language, "source": biz.source})
         runtime = cls(settings, businesses, store)
+        runtime.repair_at_start()
         runtime.prepare_audio()
         from engine.providers.vad import SileroSession
 
@@ -100,6 +109,42 @@ class Runtime:
             warm()
         return runtime
 
+    # ---- crash repair (engine.repair) ------------------------------------------------
+
+    def repair_at_start(self) -> None:
+        """Blocking, at start-up: replay what a previous run of this data directory
+        journaled (its calls' real ends come first), close the calls of processes
+        that are gone as ``lost``, and register this process as an owner. A store
+        that is away only delays it to the first heartbeat that reaches it."""
+        try:
+            if self.writer.pending:
+                self.writer.flush()
+            repaired = self.ownership.repair()
+            self.ownership.register()
+        except StoreUnavailable:
+            log.warning("store unavailable at start: crash repair deferred", exc_info=True)
+            return
+        for _ in repaired:
+            self.metrics.count("calls_repaired_lost")
+
+    async def _ownership_ticker(self) -> None:
+        """Stamp this process and its calls every ``repair.heartbeat_s`` (and at
+        once when a call starts), and repair the calls of processes that are gone."""
+        period = self.settings.repair.heartbeat_s
+        while True:
+            with trio.move_on_after(period):
+                await self._beat_now.wait()
+            self._beat_now = trio.Event()
+            sids = list(self.live)
+            with trio.move_on_after(max(period, 1.0)):
+                try:
+                    await trio.to_thread.run_sync(self.ownership.beat, sids, abandon_on_cancel=True)
+                    repaired = await trio.to_thread.run_sync(self.ownership.repair, abandon_on_cancel=True)
+                except StoreUnavailable:
+                    continue
+                for _ in repaired:
+                    self.metrics.count("calls_repaired_lost")
+
     # ---- caches ---------------------------------------------------------------------
 
     def prepare_audio(self) -> None:
@@ -108,6 +153,8 @@ class Runtime:
             self._greetings[biz.id] = self._synth(biz.greeting(), biz)
             apology = biz.prompt("apology", default="Sorry, we have a technical problem. Please call again later.")
             self._apologies[biz.id] = self._synth(apology, biz)
+            closing = biz.prompt("shutdown", default=CLOSING_DEFAULT)
+            self._closings[biz.id] = self._synth(closing, biz)
 
     def _synth(self, text: str, biz: Business) -> bytes:
         return b"".join(self.tts.synthesize(text, language=biz.language, voice=biz.voice))
@@ -117,6 +164,10 @@ class Runtime:
 
     def apology_audio(self, business_id: str) -> bytes:
         return self._apologies.get(business_id, b"")
+
+    def closing_audio(self, business_id: str) -> bytes:
+        """What a caller still on the line hears when a drain ends the call."""
+        return self._closings.get(business_id, b"")
 
     # ---- lookups --------------------------------------------------------------------
 
@@ -199,7 +250,7 @@ class Runtime:
 
         def on_exit(sup: Supervisor, error: BaseException | None) -> None:
             live.escalated = error is not None
-            live.end_reason = "escalated" if error is not None else "ended"
+            live.end_reason = "escalated" if error is not None else (live.end_reason or "ended")
             self.live.pop(info.call_sid, None)
             self.metrics.calls_live.dec()
             self.record(RecordCallEnded(call_sid=info.call_sid, ended_at=time.time(), reason=live.end_reason))
@@ -223,6 +274,7 @@ class Runtime:
             )
         )
         await self.calls.start_child(ChildSpec(info.call_sid, lambda ctx: tree, restart=Restart.TEMPORARY))
+        self._beat_now.set()  # claim it in the store now, not at the next heartbeat
         return live
 
     async def _summarize(self, call_sid: str, conv: Any) -> None:
@@ -267,6 +319,7 @@ class Runtime:
             for hook in self.chat_hooks:
                 hook(self)
             nursery.start_soon(self._flush_ticker)
+            nursery.start_soon(self._ownership_ticker)
             task_status.started(self)
             await root.wait_finished()
             nursery.cancel_scope.cancel()
@@ -286,5 +339,9 @@ class Runtime:
         """After ``run`` returned: flush what is journaled and release the store."""
         try:
             self.writer.flush()
+            if not self.writer.pending:  # every end is stored: nothing of ours to repair
+                self.ownership.leave()
+        except StoreUnavailable:
+            log.warning("store unavailable at exit", exc_info=True)
         finally:
             self.store.close()

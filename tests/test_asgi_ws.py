@@ -4,7 +4,7 @@ reading and writing it, and the host's handler that owns it.
 Everything runs against a fake ASGI server (``FakeServer``: a queue of events
 for ``receive``, a list of what was ``send``-ed, and a switch that makes sends
 hang, as a peer that stops reading does), under trio's ``MockClock``
-(``autojump_clock``), so the send timeout and START_TIMEOUT_S cost no wall
+(``autojump_clock``), so the send timeout and the start deadline cost no wall
 time. The wire itself (hypercorn, a real client) is covered by
 ``tests/test_call_e2e.py``. The fake's hanging send can be cancelled; hypercorn's
 socket write is shielded (see ``transports.asgi_ws``), so over hypercorn a call
@@ -23,6 +23,7 @@ import trio
 from actors.transport import Transport
 from engine import host
 from engine.actor import TrioActor
+from engine.admission import Admission
 from engine.messages import CallerFrame, Hangup, OutboundMedia
 from engine.metrics import Metrics
 from engine.runtime import LiveCall
@@ -351,6 +352,7 @@ class FakeRuntime:
         biz = SimpleNamespace(id="biz")
         self.businesses = {"biz": biz}
         self.business_for_number = lambda number: biz
+        self.admission = Admission(max_calls=10, max_pending=32)
 
     @property
     def live_call_count(self) -> int:
@@ -403,6 +405,8 @@ def settings(max_calls: int = 10, token: str = TOKEN) -> Any:
         public_host="",
         max_calls=max_calls,
         max_message_bytes=65536,
+        admission=SimpleNamespace(start_timeout_s=5.0, max_pending=32, max_pending_per_ip=16),
+        drain=SimpleNamespace(timeout_s=60.0, closing_grace_s=8.0),
     )
 
 
@@ -450,7 +454,8 @@ async def test_over_capacity_is_refused_with_503_and_counted(http_response: bool
     server = FakeServer(http_response=http_response)
     async with trio.open_nursery() as nursery:
         runtime = FakeRuntime(nursery)
-        runtime.live["CAbusy"] = None  # type: ignore[assignment]
+        runtime.admission = Admission(max_calls=1, max_pending=32)
+        assert not isinstance(runtime.admission.admit("10.0.0.1"), str)  # the one line is taken
         server.put({"type": "websocket.connect"})
         await host._serve_media(server.socket(), runtime, settings(max_calls=1, token=""))  # type: ignore[arg-type]
     if http_response:
@@ -468,7 +473,7 @@ async def test_no_start_in_time_is_counted_and_closed(autojump_clock: Any) -> No
         server.put({"type": "websocket.connect"})
         t0 = trio.current_time()
         await host._serve_media(server.socket(), runtime, settings(token=""))  # type: ignore[arg-type]
-    assert trio.current_time() - t0 == pytest.approx(host.START_TIMEOUT_S)
+    assert trio.current_time() - t0 == pytest.approx(settings(token="").admission.start_timeout_s)
     assert runtime.sample("callengine_events_total", event="media_no_start") == 1
     assert server.sent[-1] == {"type": "websocket.close", "code": 1000}
 

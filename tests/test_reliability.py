@@ -21,8 +21,155 @@ import pytest
 import trio
 
 from tests.conftest_host import TWILIO_TOKEN, HostProcess, start_host
+from transports.caller import Pause, Say, SimulatedCaller, WaitForReply
 
 STUBS = {"CALLENGINE_STT": "stub", "CALLENGINE_TTS": "stub", "CALLENGINE_LLM": "stub"}
+
+# The shared fault host's limits (small, so a test can reach them).
+MAX_CALLS = 6
+MAX_PENDING = 3
+START_TIMEOUT_S = 1.5
+
+
+def tone(seconds: float, freq: float = 440.0) -> bytes:
+    """μ-law speech stand-in: the stub recognizer hears energy, not words."""
+    import numpy as np
+
+    from engine.audio import ulaw_encode
+
+    t = np.arange(int(8000 * seconds)) / 8000
+    return ulaw_encode((6000 * np.sin(2 * np.pi * freq * t)).astype("<i2").tobytes())
+
+
+def caller(host: HostProcess, script: list[Any], **kw: Any) -> SimulatedCaller:
+    kw.setdefault("keep_audio", False)
+    return SimulatedCaller(host.ws, script, auth_token=TWILIO_TOKEN, **kw)
+
+
+async def health(host: HostProcess) -> tuple[int, Any]:
+    return await trio.to_thread.run_sync(lambda: host.get("/healthz", admin=False, timeout=5))
+
+
+async def wait_live(host: HostProcess, n: int, timeout: float = 15.0) -> None:
+    with trio.fail_after(timeout):
+        while (await health(host))[1].get("calls_live") != n:
+            await trio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def fault_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostProcess]:
+    """A stub host with small limits, shared by the burst, idle and bad-number tests."""
+    env = {
+        **STUBS,
+        "CALLENGINE_MAX_CALLS": str(MAX_CALLS),
+        "CALLENGINE_ADMISSION_MAX_PENDING": str(MAX_PENDING),
+        "CALLENGINE_ADMISSION_MAX_PENDING_PER_IP": "0",
+        "CALLENGINE_ADMISSION_START_TIMEOUT_S": str(START_TIMEOUT_S),
+    }
+    h = start_host(tmp_path_factory.mktemp("faulthost"), env)
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+async def upgrade(host: HostProcess) -> tuple[bytes, trio.SocketStream]:
+    """A signed WebSocket upgrade that never sends anything after it: (status line, stream)."""
+    import base64
+
+    from transports.signature import compute
+
+    stream = await trio.open_tcp_stream("127.0.0.1", host.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send_all(
+        (
+            f"GET /twilio/media HTTP/1.1\r\nHost: 127.0.0.1:{host.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"X-Twilio-Signature: {compute(TWILIO_TOKEN, host.ws)}\r\n\r\n"
+        ).encode()
+    )
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\r\n", 1)[0], stream
+
+
+# ------------------------------------------------------------------ admission
+
+
+async def test_a_burst_past_capacity_never_exceeds_max_calls(fault_host: HostProcess) -> None:
+    """Twice max_calls upgrades at once: at most max_calls are let in (counted
+    from the upgrade); the others are refused with 503 at the upgrade."""
+    callers = [caller(fault_host, [Pause(2.5)], wait_greeting=False) for _ in range(2 * MAX_CALLS)]
+    async with trio.open_nursery() as nursery:
+        for c in callers:
+            nursery.start_soon(c.run)
+    admitted = [c.result for c in callers if c.result.connected]
+    refused = [c.result for c in callers if not c.result.connected]
+    assert MAX_PENDING <= len(admitted) <= MAX_CALLS, [r.errors for r in refused]
+    assert all(r.ok for r in admitted), [r.errors for r in admitted]
+    assert all(any("503" in e for e in r.errors) for r in refused), [r.errors for r in refused]
+    status, body = await health(fault_host)
+    assert status == 200
+    assert body["admission"]["peak"] <= MAX_CALLS and body["admission"]["peak_live"] <= MAX_CALLS, body
+    with trio.fail_after(10):  # every slot is given back once the calls have ended
+        while (await health(fault_host))[1]["admission"]["admitted"]:
+            await trio.sleep(0.1)
+
+
+async def test_idle_upgrades_are_capped_and_closed_by_the_start_deadline(fault_host: HostProcess) -> None:
+    """Upgrades that never send `start`: beyond max_pending they are refused at
+    once; the others are closed when the start deadline passes."""
+    t0 = time.monotonic()
+    opened = [await upgrade(fault_host) for _ in range(MAX_PENDING + 3)]
+    statuses = [status for status, _ in opened]
+    assert statuses[:MAX_PENDING] == [b"HTTP/1.1 101 "] * MAX_PENDING, statuses
+    assert all(s.startswith(b"HTTP/1.1 503") for s in statuses[MAX_PENDING:]), statuses
+    closed_after = []
+    with trio.fail_after(START_TIMEOUT_S + 5):
+        for status, stream in opened[:MAX_PENDING]:
+            while await stream.receive_some(4096):
+                pass  # the server's close frame, then EOF
+            closed_after.append(time.monotonic() - t0)
+    for _, stream in opened:
+        await stream.aclose()
+    assert max(closed_after) < START_TIMEOUT_S + 2.0, closed_after
+    # Nothing is left pending: a real call gets in.
+    result = await caller(fault_host, [Pause(0.5)]).run()
+    assert result.ok, result.errors
+
+
+# ------------------------------------------------------------------ non-finite numbers
+
+
+async def test_non_finite_timestamps_do_not_make_a_call_deaf(fault_host: HostProcess) -> None:
+    """Media with `timestamp: 1e999` (and Infinity) every half second: each is
+    dropped and counted, and the call keeps hearing and answering."""
+    c = caller(fault_host, [Say(audio=tone(1.0)), WaitForReply(timeout=8), Say(audio=tone(1.0)),
+                            WaitForReply(timeout=8)])
+    proto = c._proto
+    media = proto.media
+    sent = {"bad": 0}
+
+    def hostile(mulaw: bytes, timestamp_ms: int) -> str:
+        text = media(mulaw, timestamp_ms)
+        if proto._chunk % 25 == 0:  # every 0.5 s
+            sent["bad"] += 1
+            bad = "1e999" if sent["bad"] % 2 else "Infinity"
+            text = text.replace(f'"timestamp":"{int(timestamp_ms)}"', f'"timestamp":{bad}')
+        return text
+
+    proto.media = hostile  # type: ignore[method-assign]
+    result = await c.run()
+    assert result.ok, result.errors
+    assert sent["bad"] >= 8
+    assert len(result.turns) == 2 and all(t.reply_first_frame_ms is not None for t in result.turns), result.turns
+    _, metrics = await trio.to_thread.run_sync(lambda: fault_host.get("/metrics", admin=False))
+    line = next(x for x in metrics.splitlines() if 'kind="bad_number"' in x and not x.startswith("#"))
+    assert float(line.split()[-1]) >= sent["bad"]
 
 
 # ------------------------------------------------------------------ PostgreSQL faults
@@ -142,3 +289,132 @@ async def test_cli_call_fails_when_the_server_hangs_up_mid_call() -> None:
     assert proc.returncode == 1, (proc.returncode, out)
     assert out["ok"] is False and out["closed_by_server"] is True
     assert any("hung up" in e for e in out["errors"])
+
+
+# ------------------------------------------------------------------ drain (SIGTERM)
+
+
+def post_voice(host: HostProcess) -> str:
+    """A signed Twilio voice webhook; the TwiML it answers."""
+    import urllib.parse
+    import urllib.request
+
+    from transports.signature import compute
+
+    params = {"CallSid": "CAdrain", "From": "+15551112222", "To": "+15005550006"}
+    url = host.http + "/twilio/voice"
+    req = urllib.request.Request(url, data=urllib.parse.urlencode(params).encode(), method="POST")
+    req.add_header("Content-Type", "application/x-www-form-urlencoded")
+    req.add_header("X-Twilio-Signature", compute(TWILIO_TOKEN, url, params))
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return resp.read().decode()
+
+
+def stored_call(host: HostProcess, call_sid: str) -> dict[str, Any] | None:
+    from engine.store.sqlite import SqliteStore
+
+    store = SqliteStore(host.data_dir / "callengine.db")
+    try:
+        return store.get_call(call_sid)
+    finally:
+        store.close()
+
+
+DRAIN_S = 3.0
+CLOSING_GRACE_S = 2.0
+
+
+async def test_sigterm_drains_live_calls_then_closes_politely(tmp_path: Path) -> None:
+    """SIGTERM with two live calls: the host stops taking calls (healthz 503
+    draining, polite TwiML, 503 at the upgrade) but keeps serving; the call that
+    ends by itself ends normally; the one still live at the drain timeout hears
+    a closing line, is hung up and is stored with reason `shutdown`; then the
+    process exits 0."""
+    env = {**STUBS, "CALLENGINE_DRAIN_TIMEOUT_S": str(DRAIN_S), "CALLENGINE_DRAIN_CLOSING_GRACE_S": str(CLOSING_GRACE_S)}
+    h = await trio.to_thread.run_sync(lambda: start_host(tmp_path, env))
+    try:
+        short = caller(h, [Pause(DRAIN_S - 1.5)], wait_greeting=False)
+        long = caller(h, [Pause(60)], wait_greeting=False)
+        late = caller(h, [Pause(1)])
+        heard: dict[str, int] = {}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(long.run)
+            await wait_live(h, 1)
+            nursery.start_soon(short.run)
+            await wait_live(h, 2)
+            t0 = time.monotonic()
+            h.proc.send_signal(signal.SIGTERM)
+            await trio.sleep(0.3)
+            status, body = await health(h)
+            assert status == 503 and body["status"] == "draining", body
+            twiml = await trio.to_thread.run_sync(post_voice, h)
+            assert "<Say" in twiml and "<Hangup" in twiml and "<Connect" not in twiml, twiml
+            await late.run()
+            await trio.sleep(DRAIN_S - (time.monotonic() - t0) - 0.2)
+            heard["before"] = long.result.received_bytes
+        long_done = time.monotonic() - t0
+        assert await trio.to_thread.run_sync(lambda: h.proc.wait(20)) == 0
+        assert short.result.ok and not short.result.closed_by_server, short.result.errors
+        assert not late.result.connected and any("503" in e for e in late.result.errors), late.result.errors
+        assert long.result.closed_by_server and not long.result.ok
+        assert DRAIN_S <= long_done <= DRAIN_S + CLOSING_GRACE_S + 2.0, long_done
+        closing = long.result.received_bytes - heard["before"]
+        assert closing >= 8000, f"only {closing} bytes of closing line after the drain timeout"
+        assert (await trio.to_thread.run_sync(stored_call, h, short.result.call_sid))["end_reason"] == "ended"
+        record = await trio.to_thread.run_sync(stored_call, h, long.result.call_sid)
+        assert record["end_reason"] == "shutdown" and record["ended_at"], record
+    finally:
+        await trio.to_thread.run_sync(h.stop)
+
+
+# ------------------------------------------------------------------ crash repair (SIGKILL)
+
+
+def _owner_of(host: HostProcess, call_sid: str) -> str:
+    import sqlite3
+
+    db = sqlite3.connect(str(host.data_dir / "callengine.db"), timeout=5)
+    try:
+        row = db.execute("SELECT owner FROM calls WHERE call_sid = ?", (call_sid,)).fetchone()
+    finally:
+        db.close()
+    return row[0] if row else ""
+
+
+async def test_sigkill_leaves_no_call_live_after_a_restart(tmp_path: Path) -> None:
+    """A host killed with live calls: the next start on the same store closes
+    them with their last known activity and reason `lost`; the admin view
+    says so from the record. A call that had ended keeps its own end."""
+    first = await trio.to_thread.run_sync(lambda: start_host(tmp_path, STUBS))
+    second = None
+    try:
+        done = await caller(first, [Pause(0.3)], wait_greeting=False).run()
+        assert done.ok, done.errors
+        live = [caller(first, [Pause(60)], wait_greeting=False) for _ in range(2)]
+        async with trio.open_nursery() as nursery:
+            for c in live:
+                nursery.start_soon(c.run)
+            await wait_live(first, 2)
+            with trio.fail_after(10):  # claimed in the store at once, not at the next heartbeat
+                while not all([await trio.to_thread.run_sync(_owner_of, first, c.result.call_sid) for c in live]):
+                    await trio.sleep(0.1)
+            await trio.sleep(0.5)
+            killed_at = time.time()
+            first.proc.send_signal(signal.SIGKILL)
+            await trio.to_thread.run_sync(first.proc.wait)
+        assert all(c.result.closed_by_server for c in live)
+        t0 = time.monotonic()
+        second = await trio.to_thread.run_sync(lambda: start_host(tmp_path, STUBS))
+        restart_s = time.monotonic() - t0
+        for c in live:
+            record = await trio.to_thread.run_sync(stored_call, second, c.result.call_sid)
+            assert record is not None and record["end_reason"] == "lost", record
+            assert record["started_at"] <= record["ended_at"] <= killed_at, (record, killed_at)
+            status, view = await trio.to_thread.run_sync(lambda: second.get(f"/admin/calls/{c.result.call_sid}"))
+            assert status == 200 and view["state"] == "lost", view
+        assert (await trio.to_thread.run_sync(stored_call, second, done.call_sid))["end_reason"] == "ended"
+        assert restart_s < 60
+    finally:
+        await trio.to_thread.run_sync(first.stop)
+        if second is not None:
+            await trio.to_thread.run_sync(second.stop)

@@ -28,7 +28,9 @@ from engine.messages import (
 )
 from engine.store import DurableWriter, InvalidRecord, Journal, Store, StoreUnavailable, open_store
 from engine.store.journal import decode_record, encode_record
-from engine.store.sqlite import SqliteStore
+from engine.store.sqlite import SqliteStore, load_migrations
+
+ALL_MIGRATIONS = [m.version for m in load_migrations()]
 
 try:  # the fixtures, unless tests/conftest.py already provides them
     from tests import conftest as _conftest
@@ -74,11 +76,11 @@ ALL_RECORDS = [
 
 
 def test_migrations_are_idempotent(store: Store) -> None:
-    assert store.applied_migrations() == [1]  # type: ignore[attr-defined]
+    assert store.applied_migrations() == ALL_MIGRATIONS  # type: ignore[attr-defined]
     store.apply(started())
     store.migrate()
     store.migrate()
-    assert store.applied_migrations() == [1]  # type: ignore[attr-defined]
+    assert store.applied_migrations() == ALL_MIGRATIONS  # type: ignore[attr-defined]
     assert store.get_call("CA1")["stream_sid"] == "MZCA1"
 
 
@@ -306,7 +308,7 @@ def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
     store = open_store(f"sqlite:///{tmp_path}/sub/dir/x.db")
     try:
-        assert isinstance(store, SqliteStore) and store.applied_migrations() == [1]
+        assert isinstance(store, SqliteStore) and store.applied_migrations() == ALL_MIGRATIONS
     finally:
         store.close()
     for url in ("mysql://x/y", "sqlite://relative.db", "sqlite:///", "redis://h"):
@@ -340,7 +342,7 @@ def test_open_store_postgres(pg_dsn: str) -> None:
     store = open_store(pg_dsn)
     try:
         assert store.backend == "postgres"
-        assert store.applied_migrations() == [1]  # type: ignore[attr-defined]
+        assert store.applied_migrations() == ALL_MIGRATIONS  # type: ignore[attr-defined]
     finally:
         store.close()
 

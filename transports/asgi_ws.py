@@ -57,7 +57,17 @@ import trio
 from wsproto.connection import ConnectionState as _WsState
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-__all__ = ["MediaRoute", "MediaSocket", "SEND_TIMEOUT_S", "SocketState", "text_frame"]
+__all__ = [
+    "MediaRoute",
+    "MediaSocket",
+    "SEND_TIMEOUT_S",
+    "SocketState",
+    "text_frame",
+    "CLOSE_NORMAL",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_POLICY_VIOLATION",
+    "CLOSE_TRY_AGAIN_LATER",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -73,6 +83,7 @@ SEND_TIMEOUT_S = 5.0
 
 #: RFC 6455 close codes used on refusal when the server offers no HTTP response.
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 
@@ -208,6 +219,12 @@ class MediaSocket:
             if key.lower() == name:
                 return value.decode("latin-1")
         return default
+
+    @property
+    def client_ip(self) -> str:
+        """The peer's address as the server saw it ("" when unknown)."""
+        client = self.scope.get("client")
+        return str(client[0]) if client else ""
 
     @property
     def path_and_query(self) -> str:

@@ -122,14 +122,21 @@ class Sql:
             from_number = excluded.from_number, to_number = excluded.to_number,
             started_at = excluded.started_at
         WHERE calls.started_at IS NULL"""
+    # The first end wins, except that a real end replaces 'lost' (written by
+    # crash repair, engine.repair, for a process it took for dead).
     CALL_ENDED = """
         INSERT INTO calls (call_sid, ended_at, end_reason, summary)
         VALUES ($1, $2, $3, $4)
         ON CONFLICT (call_sid) DO UPDATE SET
-            ended_at = COALESCE(calls.ended_at, excluded.ended_at),
-            end_reason = CASE WHEN calls.ended_at IS NULL THEN excluded.end_reason ELSE calls.end_reason END,
+            ended_at = CASE WHEN calls.ended_at IS NULL
+                              OR (calls.end_reason = 'lost' AND excluded.end_reason NOT IN ('', 'lost'))
+                            THEN excluded.ended_at ELSE calls.ended_at END,
+            end_reason = CASE WHEN calls.ended_at IS NULL
+                                OR (calls.end_reason = 'lost' AND excluded.end_reason NOT IN ('', 'lost'))
+                              THEN excluded.end_reason ELSE calls.end_reason END,
             summary = CASE WHEN excluded.summary <> '' THEN excluded.summary ELSE calls.summary END
         WHERE calls.ended_at IS NULL
+           OR (calls.end_reason = 'lost' AND excluded.end_reason NOT IN ('', 'lost'))
            OR (excluded.summary <> '' AND COALESCE(calls.summary, '') <> excluded.summary)"""
     TURN = """
         INSERT INTO turns (call_sid, turn_index, transcript, reply, interrupted, stamps, dtmf)
