@@ -445,3 +445,16 @@ def test_names_and_needs_keep_the_callers_words(demo):
     assert conv.lead["need"] == "my toilet is blocked and water is everywhere"
     turn(conv, "I need someone to fix my boiler, it makes a loud noise")
     assert conv.lead["need"] == "someone to fix my boiler, it makes a loud noise"
+
+
+def test_hebrew_read_back_correction_and_yes(demo_he):
+    conv = RulesPlanner().open_conversation(demo_he, channel="call")
+    turn(conv, "יש לי סתימה בכיור")
+    turn(conv, "קוראים לי יעל")
+    _, spoken = turn(conv, "אפס חמש שתיים, שבע שש חמש, ארבע שלוש שתיים אחת")
+    assert spoken == "רשמתי 0 5 2, 7 6 5, 4 3 2 1. זה נכון?"
+    events, spoken = turn(conv, "לא, הספרות האחרונות הן ארבע שלוש שתיים שתיים")
+    assert leads(events)[0].fields["phone"] == "0527654322"
+    assert spoken == "רשמתי 0 5 2, 7 6 5, 4 3 2 2. זה נכון?"
+    events, spoken = turn(conv, "כן")
+    assert leads(events)[0].complete and spoken.startswith("תודה יעל.")
