@@ -62,6 +62,7 @@ class App {
     for (const id of ["#tabs", "#signout", "#health", "#conn"]) $(id).hidden = false;
     this.connectEvents();
     this.health();
+    this.loadBusinesses();
     this.route();
   }
 
@@ -163,6 +164,19 @@ class App {
       $("#health").replaceChildren(h("span", { class: "dot bad" }), "unreachable");
     }
     if (api.hasToken()) setTimeout(() => this.health(), 15000);
+  }
+
+  async loadBusinesses() {
+    try {
+      const data = await api.get("/admin/testcall");
+      this.names = Object.fromEntries((data.businesses || []).map((b) => [b.id, b.name]));
+      this.poke();
+    } catch (_) { /* ids are shown instead */ }
+  }
+
+  /** A business's display name (its id until the names have loaded). */
+  businessName(id) {
+    return (this.names && this.names[id]) || id || "";
   }
 
   /** POST an action (end call, restart actor) and say what happened. */

@@ -92,7 +92,7 @@ export class CallsView {
     if (this.filter === "live") calls = calls.filter((c) => c.state === "live");
     calls.sort((a, b) => (b.state === "live") - (a.state === "live") || (b.started ?? 0) - (a.started ?? 0));
     this.app.setLiveCount(calls.filter((c) => c.state === "live").length);
-    const key = JSON.stringify(calls.map((c) => [c.sid, c.state, c.ended, c.turns, c.summary]));
+    const key = JSON.stringify([this.app.names, calls.map((c) => [c.sid, c.state, c.ended, c.turns, c.summary])]);
     if (key !== this.lastList) {
       this.lastList = key;
       this.renderList(calls);
@@ -113,7 +113,7 @@ export class CallsView {
             h("span", { class: "item-title" }, callTitle(c)),
             h("span", { class: "item-side" }, durationCell(c))),
           h("div", { class: "item-sub" },
-            said(c.business_name || c.business, "biz"),
+            said(this.app.businessName(c.business), "biz"),
             h("span", {}, when(c.started)),
             c.summary ? said(c.summary, "sum") : null),
         ),
@@ -140,7 +140,7 @@ export class CallsView {
     }
     if (sid !== this.sid) return;
     this.selectedLive = data.call.state === "live";
-    const key = JSON.stringify(data);
+    const key = JSON.stringify([this.app.names, data]);
     if (key === this.lastDetail) return;
     this.lastDetail = key;
     this.detail.replaceChildren(...renderCallDetail(data, this.app));
@@ -159,7 +159,7 @@ export function renderCallDetail({ call, turns, lead, tree }, app) {
       h("span", { class: "duration", title: "duration" }, durationCell(call)),
       actions),
     h("dl", { class: "facts" },
-      fact("Business", said(call.business_name || call.business)),
+      fact("Business", said(app.businessName(call.business))),
       fact("To", call.to ? ltr(call.to, "phone") : "–"),
       fact("Started", when(call.started)),
       call.ended ? fact("Ended", when(call.ended)) : null,

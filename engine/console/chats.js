@@ -4,14 +4,19 @@
 import * as api from "./api.js";
 import { badge, empty, epochS, h, ltr, said, when } from "./dom.js";
 
+/** A WhatsApp peer as a phone number ("972541112233" -> "+972541112233"). */
+function peerNumber(peer) {
+  return /^\d{6,15}$/.test(peer) ? `+${peer}` : peer;
+}
+
 export function normChat(c) {
   return {
     ...c,
     id: c.chat_id || c.id || "",
     business: c.business || c.business_id || "",
-    last: epochS(c.last_at ?? c.updated_at ?? c.at),
+    last: epochS(c.last_message_at ?? c.last_at ?? c.updated_at ?? c.at),
     live: c.state === "live" || c.live === true,
-    contact: c.contact || c.name || c.peer || c.from || "",
+    contact: peerNumber(c.peer || c.contact || c.name || c.from || ""),
   };
 }
 
@@ -39,6 +44,7 @@ export class ChatsView {
   async refresh() {
     const data = await api.get("/admin/chats?limit=100");
     const chats = (data.chats || []).map(normChat).sort((a, b) => (b.live - a.live) || (b.last ?? 0) - (a.last ?? 0));
+    this.live = new Set(chats.filter((c) => c.live).map((c) => c.id));
     const key = JSON.stringify(chats);
     if (key !== this.lastList) {
       this.lastList = key;
@@ -48,9 +54,12 @@ export class ChatsView {
               h("a", { class: `item${c.id === this.id ? " selected" : ""}`, href: `#/chats/${encodeURIComponent(c.id)}`, dataset: { chat: c.id } },
                 h("div", { class: "item-main" },
                   h("span", { class: `dot ${c.live ? "ok pulse" : "idle"}` }),
-                  h("span", { class: "item-title" }, c.contact ? said(c.contact) : ltr(c.id.split("@")[0], "phone")),
+                  h("span", { class: "item-title" }, c.contact ? ltr(c.contact, "phone") : ltr(c.id.split("@")[0], "phone")),
                   h("span", { class: "item-side muted" }, when(c.last))),
-                h("div", { class: "item-sub" }, said(c.business, "biz"), c.last_text ? said(c.last_text, "sum") : null)))
+                h("div", { class: "item-sub" },
+                  said(this.app.businessName(c.business), "biz"),
+                  c.channel ? h("span", {}, c.channel) : null,
+                  c.messages !== undefined ? h("span", {}, `${c.messages} messages`) : null)))
           : [empty("No chats yet.")]),
       );
     }
@@ -72,12 +81,16 @@ export class ChatsView {
     if (key === this.lastDetail) return;
     this.lastDetail = key;
     const chat = normChat(data.chat || { chat_id: this.id });
+    chat.live = chat.live || Boolean(this.live && this.live.has(chat.id)); // the list knows who holds it live
     const messages = data.messages || [];
     this.detail.replaceChildren(
       h("section", { class: "card call-head" },
         h("a", { class: "back", href: "#/chats" }, "← Chats"),
-        h("div", { class: "call-title" }, h("h2", {}, ltr(chat.id.split("@")[0], "phone")), chat.live ? badge("live", "live") : badge("idle", "idle")),
-        h("dl", { class: "facts" }, h("div", {}, h("dt", {}, "Business"), h("dd", {}, said(chat.business))), h("div", {}, h("dt", {}, "Last message"), h("dd", {}, when(chat.last))))),
+        h("div", { class: "call-title" }, h("h2", {}, chat.contact ? ltr(chat.contact, "phone") : ltr(chat.id.split("@")[0], "phone")), chat.live ? badge("live", "live") : badge("idle", "idle")),
+        h("dl", { class: "facts" },
+          h("div", {}, h("dt", {}, "Business"), h("dd", {}, said(this.app.businessName(chat.business)))),
+          chat.channel ? h("div", {}, h("dt", {}, "Channel"), h("dd", {}, chat.channel)) : null,
+          h("div", {}, h("dt", {}, "Last message"), h("dd", {}, when(chat.last))))),
       h("section", { class: "card conversation" },
         h("h3", {}, "Messages"),
         messages.length

@@ -54,7 +54,7 @@ export class LeadsView {
           this.leads.map((l) =>
             h("tr", {},
               h("td", { "data-label": "When" }, when(l.created_at)),
-              h("td", { "data-label": "Business" }, said(l.business_id || l.business || "")),
+              h("td", { "data-label": "Business" }, said(this.app.businessName(l.business_id || l.business || ""))),
               h("td", { "data-label": "From" }, l.source === "call" && l.ref
                 ? h("a", { href: `#/calls/${encodeURIComponent(l.ref)}` }, "call")
                 : l.source === "chat" || l.source === "whatsapp"

@@ -6,7 +6,7 @@ import { badge, h } from "./dom.js";
 
 const STATUS_CLASS = {
   running: "ok", ok: "ok", alive: "ok", connected: "ok", open: "ok",
-  starting: "warn", restarting: "warn", degraded: "warn", backoff: "warn", connecting: "warn",
+  starting: "warn", restarting: "warn", degraded: "warn", backoff: "warn", connecting: "warn", fallback: "warn", qr: "warn",
   failed: "bad", crashed: "bad", dead: "bad", escalated: "bad", error: "bad",
   stopped: "idle", stopping: "idle", finished: "idle", done: "idle", exited: "idle",
 };
@@ -31,6 +31,8 @@ function stats(node) {
         `${depth}`),
     );
   }
+  if (node.pid) out.push(h("span", { class: "stat quiet", title: "OS process id" }, `pid ${node.pid}`));
+  if (node.whatsapp) out.push(badge(String(node.whatsapp), statusClass(node.whatsapp), "WhatsApp connection"));
   if (node.strategy) out.push(h("span", { class: "stat quiet", title: "restart strategy" }, node.strategy.replaceAll("_", " ")));
   return out;
 }

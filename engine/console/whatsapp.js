@@ -3,7 +3,7 @@
 // the phone: WhatsApp -> Linked devices -> Link a device).
 
 import * as api from "./api.js";
-import { badge, empty, h, when } from "./dom.js";
+import { badge, empty, h, ltr, when } from "./dom.js";
 import qrcodegen from "./vendor/qrcodegen/qrcodegen.js";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -33,7 +33,14 @@ export function qrSvg(text) {
   return svg;
 }
 
-const STATE_CLASS = { open: "ok", connected: "ok", paired: "ok", qr: "warn", pairing: "warn", connecting: "warn", close: "bad", closed: "bad", logged_out: "bad", disabled: "idle" };
+const STATE_CLASS = {
+  connected: "ok", open: "ok", qr: "warn", starting: "warn", connecting: "warn",
+  standby: "idle", disabled: "idle", unknown: "idle", unavailable: "bad", closed: "bad", logged_out: "bad",
+};
+const STATE_TEXT = {
+  connected: "connected", qr: "waiting to be paired", starting: "starting the sidecar", connecting: "connecting",
+  standby: "standby (another process runs the sidecar)", disabled: "off", unavailable: "sidecar unavailable", unknown: "unknown",
+};
 
 export class WhatsAppView {
   constructor(app) {
@@ -61,10 +68,13 @@ export class WhatsAppView {
     if (key === this.last) return;
     this.last = key;
     const qrText = typeof info.qr === "string" ? info.qr : info.qr && info.qr.qr;
-    const state = String(info.state || (info.enabled === false ? "disabled" : "unknown"));
+    const qrAt = info.qr_at ?? (info.qr && info.qr.at);
+    const state = String(info.state || (info.enabled === false ? "disabled" : "unknown")).toLowerCase();
+    const me = info.sidecar && info.sidecar.me;
     const parts = [
-      h("p", {}, "Connection ", badge(state.replaceAll("_", " "), STATE_CLASS[state.toLowerCase()] || "idle"),
-        info.phone ? h("span", { class: "muted" }, ` as ${info.phone}`) : null),
+      h("p", { class: "wa-state", dataset: { state } }, "Connection ",
+        badge(STATE_TEXT[state] || state.replaceAll("_", " "), STATE_CLASS[state] || "idle"),
+        me ? h("span", { class: "muted" }, " as ", ltr(String(me), "phone")) : null),
     ];
     if (info.enabled === false) {
       parts.push(h("p", { class: "muted" }, "WhatsApp through Baileys is off. Turn it on in the settings ([whatsapp] in config/default.toml) and restart `callengine serve`: it starts the sidecar and shows its pairing QR here."));
@@ -75,9 +85,9 @@ export class WhatsAppView {
           h("li", {}, "Open WhatsApp on the business phone."),
           h("li", {}, "Settings → Linked devices → Link a device."),
           h("li", {}, "Point the phone at this code. It refreshes on its own.")),
-        info.qr && info.qr.at ? h("p", { class: "muted" }, `QR received ${when(info.qr.at)}`) : null,
+        qrAt ? h("p", { class: "muted" }, `QR received ${when(qrAt)}`) : null,
       );
-    } else if (["open", "connected", "paired"].includes(state.toLowerCase())) {
+    } else if (state === "connected" || state === "open") {
       parts.push(h("p", {}, "Paired: messages to the business number are answered by the agent."));
     } else {
       parts.push(empty("No pairing QR yet: the sidecar shows one here as soon as it asks to be paired."));
