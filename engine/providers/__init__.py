@@ -40,7 +40,14 @@ def make_stt(name: str, settings: "Settings") -> SpeechToText:
         from engine.providers.whisper_stt import WhisperStt
 
         w = settings.whisper
-        return WhisperStt(model_path=w.model or None, cpu_threads=w.cpu_threads, num_workers=w.workers)
+        return WhisperStt(
+            model_path=w.model or None,
+            cpu_threads=w.cpu_threads,
+            num_workers=w.workers,
+            language=w.language,
+            partial_interval_s=w.partial_interval_ms / 1000.0,
+            partial_share=w.partial_share,
+        )
     if name == "google":
         from engine.providers.google_stt import GoogleStt
 

