@@ -35,6 +35,7 @@ from actors.planner import Planner, TurnSettings
 from actors.stt import PREROLL_BYTES, SttActor
 from actors.transport import Transport
 from engine.audio_history import AudioHistory
+from engine.echo import EchoReference
 from engine.messages import CallInfo
 from engine.supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor
 
@@ -66,7 +67,11 @@ def build_call_tree(
         speculative=s.turn.speculative,
         speculative_min_chars=s.turn.speculative_min_chars,
         final_timeout_ms=s.turn.final_timeout_ms,
+        resume_window_ms=s.turn.resume_window_ms,
+        unfinished_hold_ms=s.turn.unfinished_hold_ms,
     )
+    # The agent's outbound level (pacer writes, decoder reads): tells echo from the caller.
+    echo = EchoReference() if s.vad.echo_gate else None
     env = {"call": info, "business": business, "history": history, "conversation": conversation, "stamps": call_stamps}
     metrics = runtime.metrics
     language = business.language
@@ -92,11 +97,18 @@ def build_call_tree(
                 lead_ms=s.pacer.lead_ms,
                 queue_frames=s.pacer.queue_frames,
                 metrics=metrics,
+                echo=echo,
             ),
         ),
         ChildSpec(
             "decoder",
-            lambda ctx: Decoder(runtime.new_vad(), history, batch_ms=s.turn.stt_batch_ms),
+            lambda ctx: Decoder(
+                runtime.new_vad(),
+                history,
+                batch_ms=s.turn.stt_batch_ms,
+                echo=echo,
+                barge_in_min_ms=s.vad.barge_in_min_ms,
+            ),
         ),
         ChildSpec(
             "planner",

@@ -23,9 +23,23 @@ Out:
 - ``AudioChunk`` every ``batch_ms`` (40-100 ms) to the STT slot, numbered
   (``seq``) and also appended to the call's ``AudioHistory`` so a restarted
   recognizer can replay the audio since the last final;
-- ``SpeechStarted`` to the planner, the pacer (barge-in) and the STT;
+- ``SpeechStarted`` to the planner and the STT;
 - ``UtteranceEnded`` to the STT and ``SpeechEnded`` to the planner once the VAD
   hangover has elapsed.
+
+The agent's own voice coming back (echo; engine/echo.py): with an
+``EchoReference`` (the pacer notes each frame it sends) every caller frame is
+also judged by an ``EchoGate``: louder than the agent's recent audio could come
+back, or not. Speech that starts while agent audio may be coming back is the
+caller's only once ``barge_in_min_ms`` of its frames were louder than echo
+explains: until then the planner gets ``SpeechStarted(echo=True)`` (it interrupts
+nothing), the STT gets nothing as speech, and the audio is held here (bounded);
+once confirmed the planner gets ``SpeechConfirmed`` and the STT ``SpeechStarted``
+and the held audio as speech, so the recognizer still hears the onset. Speech
+never confirmed ends with ``SpeechEnded(echo=True)``; its audio goes to the STT
+as non-speech (a batch recognizer keeps it only as pre-roll) and no utterance
+end is sent. Speech that starts with no agent audio within the gate's window is
+the caller's at once, exactly as without a gate.
 
 End of turn on time: the VAD's end of speech is due at ``silence_start +
 hangover`` (``vad.end_due``); the VAD checks it at every frame end, not only at
@@ -39,14 +53,17 @@ decision waits for the frame that covers the hangover.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from engine.actor import TrioActor
 from engine.audio import ulaw_decode
 from engine.audio_history import AudioHistory
+from engine.echo import EchoGate, EchoReference
 from engine.messages import (
     AudioChunk,
     CallerFrame,
+    SpeechConfirmed,
     SpeechEnded,
     SpeechStarted,
     UtteranceEnded,
@@ -58,15 +75,41 @@ class Decoder(TrioActor):
 
     inline = True
 
-    def __init__(self, vad: Any, history: AudioHistory, *, batch_ms: int = 100) -> None:
-        """``vad``: a ``VoiceActivityDetector`` (``feed``, ``in_speech``, ``close``),
-        owned from here on."""
+    #: Held audio of unconfirmed speech (frames) beyond which the oldest goes on as non-speech.
+    MAX_HELD_FRAMES = 100
+
+    def __init__(
+        self,
+        vad: Any,
+        history: AudioHistory,
+        *,
+        batch_ms: int = 100,
+        echo: EchoReference | None = None,
+        gate: EchoGate | None = None,
+        barge_in_min_ms: int = 96,
+    ) -> None:
+        """``vad``: a ``VoiceActivityDetector`` (``feed``, ``in_speech``, ``close``,
+        ``last_rms``), owned from here on. ``echo``: the call's outbound levels
+        (no echo gate without it); ``gate``: the gate to judge frames with (a new
+        ``EchoGate`` by default)."""
         super().__init__()
         self._vad = vad
         self._history = history
         self._batch_frames = max(2, batch_ms // 20)
         self._batch: list[bytes] = []
         self._batch_speech = False
+        self._echo = echo
+        self._gate = (gate or EchoGate()) if echo is not None else None
+        self._barge_in_min_ms = barge_in_min_ms
+        # Caller voice: barge_in_min_ms of frames louder than echo explains, within
+        # twice that (a caller over echo has quieter frames between).
+        self._need = max(1, -(-barge_in_min_ms // 20))
+        self._within = max(2 * self._need, self._need + 5)
+        self._recent: deque[tuple[float, bool | None]] = deque(maxlen=64)  # (frame end, gate verdict)
+        self._confirmed = False  # in speech that is the caller's
+        self._suspect: float | None = None  # start of speech not yet known to be the caller's
+        self._held: list[tuple[bytes, float]] = []  # batches held while speech is suspect
+        self._held_frames = 0
 
     async def on_stop(self) -> None:
         close = getattr(self._vad, "close", None)
@@ -81,11 +124,19 @@ class Decoder(TrioActor):
         vad = self._vad
         t = msg.t
         events = vad.feed(pcm, t)
+        gate = self._gate
+        if gate is not None:
+            verdict = gate.frame(self._echo.take(), vad.last_rms, self._confirmed)  # type: ignore[union-attr]
+            self._recent.append((t, verdict))
         self._batch.append(pcm)
         if vad.in_speech:
             self._batch_speech = True
         if events:
             self._dispatch(events, t)
+        if self._suspect is not None and vad.in_speech:
+            start = self._caller_voice(self._suspect)
+            if start is not None:
+                self._confirm(start, t)
         if len(self._batch) >= self._batch_frames:
             self._flush(t)
 
@@ -94,27 +145,83 @@ class Decoder(TrioActor):
         send = self.ctx.send
         for ev in events:
             if isinstance(ev, SpeechStarted):
+                if self._gate is not None and self._gate.active and self._caller_voice(ev.t) is None:
+                    self._suspect = ev.t
+                    self._flush(t)  # held, with the onset
+                    send("planner", SpeechStarted(t=ev.t, echo=True))
+                    continue
                 self._flush(t)
+                self._confirmed = True
                 send("planner", ev)
-                send("pacer", ev)
                 send("stt", ev)
             elif isinstance(ev, SpeechEnded):
+                if self._suspect is not None:
+                    self._flush(t)  # held with the rest
+                    self._suspect = None
+                    self._release(in_speech=False)
+                    send("planner", SpeechEnded(t=ev.t, echo=True))
+                    continue
+                self._confirmed = False
                 self._flush(t)
                 end = UtteranceEnded(t=ev.t, seq=self._history.next_seq())
                 self._history.append(end)
                 send("stt", end)
-                send("planner", ev)
+                send("planner", SpeechEnded(t=ev.t, seq=end.seq))
+
+    def _caller_voice(self, since: float) -> float | None:
+        """When the caller's own voice began, if the latest frames (those after
+        ``since`` among the last ``_within``) hold ``_need`` louder than echo
+        explains (or with no agent audio around); else None."""
+        frames = [(t, v) for t, v in list(self._recent)[-self._within :] if t > since + 1e-9]
+        voiced = [t for t, v in frames if v is not False]
+        if len(voiced) < self._need:
+            return None
+        return max(since, voiced[0] - 0.02)
+
+    def _confirm(self, start: float, t: float) -> None:
+        """Suspect speech turned out to be the caller's, from ``start``: tell the
+        planner, start the recognizer's utterance and give it the held audio from
+        ``start`` on as speech (what came before as non-speech: the pre-roll)."""
+        self._flush(t)  # held with the rest, to go out in order
+        self._suspect = None
+        self._confirmed = True
+        send = self.ctx.send
+        send("planner", SpeechConfirmed(t=start))
+        held, self._held = self._held, []
+        self._held_frames = 0
+        for pcm, end in held:
+            if end <= start:
+                self._send_chunk(pcm, end, False)
+        send("stt", SpeechStarted(t=start))
+        for pcm, end in held:
+            if end > start:
+                self._send_chunk(pcm, end, True)
+
+    def _release(self, *, in_speech: bool) -> None:
+        held, self._held = self._held, []
+        self._held_frames = 0
+        for pcm, t in held:
+            self._send_chunk(pcm, t, in_speech)
 
     def _flush(self, t: float) -> None:
         if not self._batch:
             return
-        chunk = AudioChunk(
-            pcm16=b"".join(self._batch),
-            t=t,
-            in_speech=self._batch_speech or self._vad.in_speech,
-            seq=self._history.next_seq(),
-        )
+        pcm = b"".join(self._batch)
+        in_speech = self._batch_speech or self._vad.in_speech
+        frames = len(self._batch)
         self._batch.clear()
         self._batch_speech = False
+        if self._suspect is not None:
+            self._held.append((pcm, t))
+            self._held_frames += frames
+            while self._held_frames > self.MAX_HELD_FRAMES and len(self._held) > 1:
+                old, old_t = self._held.pop(0)
+                self._held_frames -= len(old) // 320
+                self._send_chunk(old, old_t, False)
+            return
+        self._send_chunk(pcm, t, in_speech)
+
+    def _send_chunk(self, pcm: bytes, t: float, in_speech: bool) -> None:
+        chunk = AudioChunk(pcm16=pcm, t=t, in_speech=in_speech, seq=self._history.next_seq())
         self._history.append(chunk)
         self.ctx.send("stt", chunk)

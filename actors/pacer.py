@@ -17,8 +17,12 @@ Guarantees:
   μ-law silence.
 - After the last frame of each agent utterance a mark named ``turn-<id>`` is
   sent; its echo (the caller heard it all) becomes ``PlaybackMarked``.
-- On ``SpeechStarted`` while agent audio is queued or unheard, the queue is
-  dropped, ``clear`` is sent, and the planner gets ``PlaybackCleared``.
+- On ``ClearPlayback`` (the planner's turn-taker decided the caller spoke over
+  the agent) while agent audio is queued or unheard, the queue is dropped,
+  ``clear`` is sent, and the planner gets ``PlaybackCleared``.
+- With an ``EchoReference`` (engine/echo.py), the level of every frame sent is
+  noted there, so the decoder can tell the agent's voice coming back from the
+  caller's.
 - The queue is bounded (``queue_frames``); beyond it the oldest frames are
   dropped and counted in ``dropped_frames``.
 """
@@ -41,8 +45,8 @@ from engine.messages import (
     OutboundMedia,
     PlaybackCleared,
     PlaybackMarked,
+    ClearPlayback,
     ReplyStamp,
-    SpeechStarted,
 )
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law (Twilio's frame size)
@@ -71,8 +75,11 @@ class Pacer(TrioActor):
         lead_ms: int = 80,
         queue_frames: int = 3000,
         metrics: Any = None,
+        echo: Any = None,
     ) -> None:
+        """``echo``: the call's ``EchoReference`` (each frame sent is noted there), or None."""
         super().__init__()
+        self._echo = echo
         self._greeting = greeting
         self._lead = lead_ms / 1000.0
         self._max_frames = queue_frames
@@ -109,7 +116,7 @@ class Pacer(TrioActor):
             if msg.last:
                 self._enqueue_end(msg.turn_id)
             self._pump()
-        elif isinstance(msg, SpeechStarted):
+        elif isinstance(msg, ClearPlayback):
             if self.agent_audio_outstanding:
                 self._clear(msg.t)
         elif isinstance(msg, MarkEchoed):
@@ -201,6 +208,8 @@ class Pacer(TrioActor):
                 continue
             self._frames_queued -= 1
             send("transport", OutboundMedia(mulaw=item))
+            if self._echo is not None:
+                self._echo.note(item)
             self.frames_sent += 1
             if turn not in self._first_frame_sent:
                 self._first_frame_sent.add(turn)

@@ -1,28 +1,20 @@
-"""Planner actor: turn-taking, replies, barge-in, and the call's turn records.
+"""Planner actor: the glue between turn-taking, reply generation and the call's records.
 
-Runs on the trio thread (``TrioActor``); it does no blocking work itself. The
-language planner (rules, OpenAI, ...) is blocking, so each reply is generated
-on a worker thread borrowed through the process's own ``CapacityLimiter``
-(never trio's default 40-thread limiter), and streams back as messages.
+Runs on the trio thread (``TrioActor``); it does no blocking work itself. Every
+turn-taking decision (when the caller's turn ends, early finalize, speculation,
+the caller going on before the reply was heard, barge-in) is made by the call's
+``TurnTaker`` (engine/turn_taking.py, a pure object; its docstring has the
+rules): the planner feeds it events and carries out its decisions as messages.
 
-Turn-taking (DESIGN.md defaults, all configurable):
-- A caller turn begins at ``SpeechStarted`` and ends when speech has ended (VAD
-  hangover) and either a final transcript has arrived, or the latest partial is
-  strong (early finalize: >= 12 chars ending in .?!…, or >= 18 chars unchanged
-  for 250 ms), or ``final_timeout_ms`` passed with a partial to use. It never
-  ends while the caller is speaking.
-- Speculative start: a partial >= 14 chars stable for 250 ms starts a reply
-  whose output is held back; when the turn ends with a transcript that agrees
-  (same words) the held output is released at once, otherwise it is cancelled
-  and counted as discarded.
-- If the caller resumes speaking before any of the reply was heard, the reply
-  is cancelled and the caller's turn continues (their words are joined).
-- Barge-in: caller speech over agent audio makes the pacer clear it; on
-  ``PlaybackCleared`` the reply is cancelled (TTS stops via its token) and the
-  turn is recorded as interrupted.
+The language planner (rules, OpenAI, ...) is blocking, so each reply is
+generated on a worker thread borrowed through the process's own
+``CapacityLimiter`` (never trio's default 40-thread limiter), and streams back as
+messages. A speculative reply's output is held in its ``_Sink`` until released.
 
 Each completed turn is recorded (transcript, reply, interrupted, DTMF, stamps in
-ms since ``ws_connected``) through the process recorder, off the hot path.
+ms since ``ws_connected``) through the process recorder, off the hot path. A
+reply cancelled because the caller went on is not recorded: its turn continues
+and is recorded once, with everything the caller said.
 """
 
 from __future__ import annotations
@@ -37,6 +29,7 @@ import trio
 from engine.actor import TrioActor
 from engine.messages import (
     CancelToken,
+    ClearPlayback,
     DtmfPressed,
     EndCall,
     EndCallAfter,
@@ -49,51 +42,32 @@ from engine.messages import (
     ReplyDone,
     ReplyStamp,
     Speak,
+    SpeechConfirmed,
     SpeechEnded,
     SpeechStarted,
     TextDelta,
     Transcript,
 )
+from engine.turn_taking import (
+    AmendTranscript,
+    CallerTurn,
+    CancelReply,
+    DropSpeculation,
+    KeepSpeculation,
+    Speculate,
+    StartReply,
+    StopPlayback,
+    Tick,
+    TurnSettings,
+    TurnTaker,
+    normalize,
+)
+
+__all__ = ["Planner", "TurnSettings", "normalize"]
 
 _PUNCT = ".!?…"
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
-_WORDS = re.compile(r"[\w']+", re.UNICODE)
-
-
-def normalize(text: str) -> str:
-    return " ".join(_WORDS.findall(text.lower()))
-
-
-@dataclasses.dataclass
-class TurnSettings:
-    early_finalize: bool = True
-    early_punct_min_chars: int = 12
-    early_stable_min_chars: int = 18
-    stable_ms: int = 250
-    speculative: bool = True
-    speculative_min_chars: int = 14
-    final_timeout_ms: int = 1500
-    batch_final_timeout_ms: int = 6000  # recognizers without partials (whisper)
-
-
-@dataclasses.dataclass
-class _CallerTurn:
-    speech_start: float
-    speech_end: float | None = None
-    speech_end_seen: float | None = None  # when SpeechEnded reached the planner (VAD decision + hop)
-    finals: list[str] = dataclasses.field(default_factory=list)
-    partial: str = ""
-    partial_changed_at: float = 0.0
-    first_partial: float | None = None
-    last_final: float | None = None
-    last_speech_start: float = 0.0  # the latest SpeechStarted within this turn
-    dtmf: str = ""
-
-    def text(self, with_partial: bool) -> str:
-        parts = list(self.finals)
-        if with_partial and self.partial:
-            parts.append(self.partial)
-        return " ".join(p.strip() for p in parts if p.strip())
+_TURN_EVENTS = (Transcript, SpeechStarted, SpeechConfirmed, SpeechEnded, DtmfPressed)
 
 
 class _Sink:
@@ -140,7 +114,7 @@ class _Reply:
     token: CancelToken
     sink: _Sink
     stamps: dict[str, float]
-    dtmf: str = ""
+    turn: CallerTurn | None = None
     text: str = ""
     done: bool = False
     cancelled: bool = False
@@ -148,7 +122,10 @@ class _Reply:
     committed: bool = False
     recorded: bool = False
     ends_call: bool = False
-    speculative_partial: str = ""  # for a held-back speculative reply
+
+    @property
+    def dtmf(self) -> str:
+        return self.turn.dtmf if self.turn is not None else ""
 
 
 class Planner(TrioActor):
@@ -182,31 +159,14 @@ class Planner(TrioActor):
         self._t0 = connected_at
         self._record = record
         self._limiter = limiter
-        self._cfg = settings
-        self._streaming_stt = streaming_stt
         self._call_stamps = call_stamps  # shared with the tree; survives restarts
         self._metrics = metrics
+        self.turns = TurnTaker(settings, streaming_stt=streaming_stt, turns_so_far=int(call_stamps.get("_turns", 0)))
         self._turn_opened = trio.Event()  # wakes the ticker; it sleeps while no turn is open
-        self._turn = None
-        self._user_speaking = False
         self._replies: dict[int, _Reply] = {}
-        self._current: _Reply | None = None
-        self._spec: _Reply | None = None
-        self._turn_counter = call_stamps.get("_turns", 0)
-        self._final_deadline: float | None = None
-        self._pending_dtmf = ""
+        self._specs: dict[int, _Reply] = {}
         self.speculative_kept = 0
         self.speculative_discarded = 0
-
-    @property
-    def _turn(self) -> _CallerTurn | None:
-        return self._open_turn
-
-    @_turn.setter
-    def _turn(self, turn: _CallerTurn | None) -> None:
-        self._open_turn = turn
-        if turn is not None:
-            self._turn_opened.set()
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -219,18 +179,21 @@ class Planner(TrioActor):
             if not reply.recorded:
                 reply.token.cancel("call ended")
                 self._finish(reply, interrupted=not reply.done)
-        if self._turn is not None and self._turn.text(True):
-            self._turn_counter += 1
-            stamps = self._stamps_for(self._turn)
+        for spec in self._specs.values():
+            spec.token.cancel("call ended")
+        turn = self.turns.turn
+        if turn is not None and turn.text(True):
+            self.turns.turns += 1
+            self._call_stamps["_turns"] = self.turns.turns
             self._record(
                 RecordTurn(
                     call_sid=self._call_sid,
-                    turn_index=self._turn_counter,
-                    transcript=self._turn.text(True),
+                    turn_index=self.turns.turns,
+                    transcript=turn.text(True),
                     reply="",
                     interrupted=False,
-                    stamps=stamps,
-                    dtmf=self._turn.dtmf,
+                    stamps=self._stamps_for(turn),
+                    dtmf=turn.dtmf,
                 )
             )
 
@@ -238,23 +201,14 @@ class Planner(TrioActor):
 
     def receive_inline(self, msg: Any) -> None:
         now = time.monotonic()
-        if isinstance(msg, Transcript):
-            self._on_transcript(msg, now)
-        elif isinstance(msg, SpeechStarted):
-            self._on_speech_started(msg.t)
-        elif isinstance(msg, SpeechEnded):
-            self._user_speaking = False
-            if self._turn is not None:
-                self._turn.speech_end = msg.t
-                self._turn.speech_end_seen = now
-                self._final_deadline = now + (
-                    self._cfg.final_timeout_ms if self._streaming_stt else self._cfg.batch_final_timeout_ms
-                ) / 1000.0
-            self._try_end_turn(now)
+        if isinstance(msg, _TURN_EVENTS):
+            self._apply(self.turns.feed(msg, now), now)
         elif isinstance(msg, ReplyStamp):
             self._on_stamp(msg)
+            self._apply(self.turns.feed(msg, now), now)
         elif isinstance(msg, ReplyDone):
             self._on_reply_done(msg)
+            self._apply(self.turns.feed(msg, now), now)
         elif isinstance(msg, LeadCaptured):
             self._record(
                 RecordLead(
@@ -275,199 +229,85 @@ class Planner(TrioActor):
                 self._finish(reply, interrupted=False)
                 if reply.ends_call:
                     self.ctx.send("transport", Hangup(reason="goodbye"))
+            self._apply(self.turns.feed(msg, now), now)
         elif isinstance(msg, PlaybackCleared):
             reply = self._replies.get(msg.turn_id)
             if reply is not None and not reply.recorded:
                 reply.token.cancel("barge-in")
                 reply.cancelled = True
                 self._finish(reply, interrupted=True)
-                if self._current is reply:
-                    self._current = None
-        elif isinstance(msg, DtmfPressed):
-            if self._turn is not None:
-                self._turn.dtmf += msg.digit
-            elif self._current is not None:
-                self._current.dtmf += msg.digit
-            else:
-                self._pending_dtmf += msg.digit
+            self._apply(self.turns.feed(msg, now), now)
 
-    # ---- turn-taking ------------------------------------------------------------------
+    # ---- the turn-taker's decisions ----------------------------------------------------
 
-    def _on_speech_started(self, t: float) -> None:
-        self._user_speaking = True
-        self._final_deadline = None
-        cur = self._current
-        if cur is not None and not cur.heard_start and not cur.recorded:
-            # The caller went on talking before hearing any of the reply: it was
-            # premature. Cancel it and continue the same caller turn.
-            cur.token.cancel("caller resumed")
-            cur.cancelled = True
-            self._replies.pop(cur.turn_id, None)
-            self._current = None
-            resumed = _CallerTurn(speech_start=cur.stamps.get("_speech_start_abs", t))
-            resumed.finals = [cur.user_text] if cur.user_text else []
-            resumed.dtmf = cur.dtmf
-            resumed.last_speech_start = t
-            self._turn = resumed
-            return
-        if self._turn is None:
-            self._turn = _CallerTurn(speech_start=t, dtmf=self._pending_dtmf)
-            self._pending_dtmf = ""
-        self._turn.last_speech_start = t
+    def _apply(self, decisions: list[Any], now: float) -> None:
+        for d in decisions:
+            if isinstance(d, StartReply):
+                self._settle()
+                stamps = self._stamps_for(d.turn)
+                stamps["llm_start"] = self._ms(now)
+                reply = self._new_reply(d.turn_id, d.text, stamps, speculative=False)
+                reply.turn = d.turn
+                self._replies[d.turn_id] = reply
+                self._call_stamps["_turns"] = self.turns.turns
+                self.nursery.start_soon(self._generate, reply)
+            elif isinstance(d, KeepSpeculation):
+                self._keep_spec(d, now)
+            elif isinstance(d, Speculate):
+                self._settle()
+                spec = self._new_reply(-1, d.text, {"llm_start": self._ms(now)}, speculative=True)
+                self._specs[d.key] = spec
+                self.nursery.start_soon(self._generate, spec)
+            elif isinstance(d, DropSpeculation):
+                spec = self._specs.pop(d.key, None)
+                if spec is not None:
+                    spec.token.cancel("speculation discarded")
+                    self.speculative_discarded += 1
+                    if self._metrics is not None:
+                        self._metrics.speculative("discarded")
+            elif isinstance(d, CancelReply):
+                reply = self._replies.pop(d.turn_id, None)
+                if reply is not None:
+                    reply.token.cancel(d.reason)
+                    reply.cancelled = reply.recorded = True
+                    if self._metrics is not None:
+                        self._metrics.count("resumed_turns" if d.reason == "caller resumed" else "redone_turns")
+            elif isinstance(d, StopPlayback):
+                self.ctx.send("pacer", ClearPlayback(t=d.t))
+            elif isinstance(d, AmendTranscript):
+                reply = self._replies.get(d.turn_id)
+                if reply is not None:
+                    reply.user_text = d.text  # the record keeps what was said
+        if self.turns.needs_ticks:
+            self._turn_opened.set()
 
-    def _on_transcript(self, tr: Transcript, now: float) -> None:
-        turn = self._turn
-        if turn is None:
-            # A transcript for speech whose turn already ended (e.g. a final that
-            # arrived after an early finalize): keep the record accurate.
-            cur = self._current
-            if tr.is_final and cur is not None and not cur.recorded:
-                if tr.text.strip() and normalize(tr.text) != normalize(cur.user_text):
-                    if not cur.heard_start:
-                        # The early-finalized partial was wrong and nothing was heard
-                        # yet: answer what the caller really said instead.
-                        cur.token.cancel("final differs")
-                        cur.cancelled = True
-                        self._replies.pop(cur.turn_id, None)
-                        self._current = None
-                        redo = _CallerTurn(speech_start=cur.stamps.get("_speech_start_abs", tr.t))
-                        redo.speech_end = redo.speech_start
-                        redo.finals = [tr.text.strip()]
-                        redo.last_final = tr.t
-                        redo.dtmf = cur.dtmf
-                        self._turn = redo
-                        self._end_turn(redo.text(False), now)
-                    else:
-                        cur.user_text = tr.text.strip()  # the record keeps what was said
-                return
-            elif tr.is_final and tr.text.strip():
-                # Speech the VAD missed entirely: open and close a turn on it.
-                self._turn = turn = _CallerTurn(speech_start=tr.t, speech_end=tr.t)
-            else:
-                return
-        if tr.is_final:
-            if tr.text.strip():
-                turn.finals.append(tr.text.strip())
-            turn.partial = ""
-            turn.last_final = tr.t
-            # A running speculation is kept or discarded at the turn's end, by
-            # comparing it with the whole transcript.
-        else:
-            if turn.first_partial is None:
-                turn.first_partial = tr.t
-            if tr.text != turn.partial:
-                turn.partial = tr.text
-                turn.partial_changed_at = now
-                if self._spec is not None and normalize(self._spec.speculative_partial) != normalize(
-                    turn.text(True)
-                ):
-                    self._cancel_spec()
-        self._try_end_turn(now)
-
-    def _partial_is_strong(self, turn: _CallerTurn, now: float) -> bool:
-        p = turn.partial.strip()
-        if not p or not self._cfg.early_finalize:
-            return False
-        if len(p) >= self._cfg.early_punct_min_chars and p[-1] in ".?!…":
-            return True
-        stable = (now - turn.partial_changed_at) * 1000.0 >= self._cfg.stable_ms
-        return len(p) >= self._cfg.early_stable_min_chars and stable
-
-    def _try_end_turn(self, now: float) -> None:
-        turn = self._turn
-        if turn is None or self._user_speaking or turn.speech_end is None:
-            return
-        final_is_current = turn.last_final is not None and turn.last_final >= turn.last_speech_start
-        if turn.finals and not turn.partial and final_is_current:
-            # A final that covers the latest stretch of speech (an earlier
-            # utterance's final does not: the caller paused and went on).
-            self._end_turn(turn.text(False), now)
-        elif turn.partial and self._partial_is_strong(turn, now):
-            self._end_turn(turn.text(True), now)
-        elif self._final_deadline is not None and now >= self._final_deadline:
-            text = turn.text(True)
-            if text:
-                self._end_turn(text, now)
-            else:
-                self._turn = None  # noise: no words came of it
-                self._final_deadline = None
+    def _keep_spec(self, d: KeepSpeculation, now: float) -> None:
+        spec = self._specs.pop(d.key)
+        self.speculative_kept += 1
+        if self._metrics is not None:
+            self._metrics.speculative("kept")
+        spec.turn_id = d.turn_id
+        spec.user_text = d.text
+        spec.turn = d.turn
+        llm_start = spec.stamps.get("llm_start", self._ms(now))
+        spec.stamps.update(self._stamps_for(d.turn))
+        spec.stamps["llm_start"] = llm_start
+        self._replies[d.turn_id] = spec
+        self._call_stamps["_turns"] = self.turns.turns
+        spec.sink.release(d.turn_id)
 
     async def _ticker(self) -> None:
-        """Time-based decisions: stability windows, final timeouts, speculation."""
+        """Time-based decisions (stability windows, final timeouts, the wait of an
+        unfinished-looking turn, speculation): a ``Tick`` every 50 ms while a turn is open."""
         while True:
-            if self._turn is None:
+            if not self.turns.needs_ticks:
                 # No caller turn open (the agent is talking or the line is quiet):
                 # no timer to keep, so no wake-ups 20 times a second per call.
                 self._turn_opened = trio.Event()
                 await self._turn_opened.wait()
             await trio.sleep(0.05)
             now = time.monotonic()
-            turn = self._turn
-            if turn is None:
-                continue
-            if not self._user_speaking and turn.speech_end is not None:
-                self._try_end_turn(now)
-                continue
-            if (
-                self._cfg.speculative
-                and self._spec is None
-                and turn.partial
-                and len(turn.text(True)) >= self._cfg.speculative_min_chars
-                and (now - turn.partial_changed_at) * 1000.0 >= self._cfg.stable_ms
-            ):
-                self._start_speculative(turn, now)
-
-    def _end_turn(self, text: str, now: float) -> None:
-        turn = self._turn
-        assert turn is not None
-        self._turn = None
-        self._final_deadline = None
-        self._turn_counter += 1
-        self._call_stamps["_turns"] = self._turn_counter
-        turn_id = self._turn_counter
-        stamps = self._stamps_for(turn)
-        stamps["_speech_start_abs"] = turn.speech_start
-        spec = self._spec
-        self._spec = None
-        if spec is not None and normalize(spec.speculative_partial) == normalize(text):
-            self.speculative_kept += 1
-            if self._metrics is not None:
-                self._metrics.speculative("kept")
-            spec.turn_id = turn_id
-            spec.user_text = text
-            spec.dtmf = turn.dtmf
-            spec.stamps.update(stamps)
-            spec.stamps["llm_start"] = spec.stamps.get("llm_start", self._ms(now))
-            self._replies[turn_id] = spec
-            self._current = spec
-            spec.sink.release(turn_id)
-            return
-        if spec is not None:
-            self._discard_spec(spec)
-        stamps["llm_start"] = self._ms(now)
-        reply = self._new_reply(turn_id, text, stamps, speculative=False)
-        reply.dtmf = turn.dtmf
-        self._replies[turn_id] = reply
-        self._current = reply
-        self.nursery.start_soon(self._generate, reply)
-
-    def _start_speculative(self, turn: _CallerTurn, now: float) -> None:
-        text = turn.text(True)
-        reply = self._new_reply(-1, text, {"llm_start": self._ms(now)}, speculative=True)
-        reply.speculative_partial = text
-        self._spec = reply
-        self.nursery.start_soon(self._generate, reply)
-
-    def _cancel_spec(self) -> None:
-        if self._spec is not None:
-            self._discard_spec(self._spec)
-            self._spec = None
-
-    def _discard_spec(self, spec: _Reply) -> None:
-        spec.token.cancel("speculation discarded")
-        self.speculative_discarded += 1
-        if self._metrics is not None:
-            self._metrics.speculative("discarded")
+            self._apply(self.turns.feed(Tick(), now), now)
 
     def _new_reply(self, turn_id: int, text: str, stamps: dict[str, float], *, speculative: bool) -> _Reply:
         sink = _Sink(self.ctx.send, speculative=speculative)
@@ -527,17 +367,30 @@ class Planner(TrioActor):
     def _on_reply_done(self, msg: ReplyDone) -> None:
         reply = self._replies.get(msg.turn_id)
         if reply is None:
-            return
+            return  # unknown, or cancelled because the caller went on: never committed
         reply.text = msg.text
         reply.done = True
-        if not reply.committed:
-            reply.committed = True
-            self._conv.commit(reply.user_text, msg.text, interrupted=msg.cancelled)
-        if msg.cancelled and not reply.recorded and reply.cancelled:
-            self._finish(reply, interrupted=True)
-        if not msg.text and not msg.cancelled:
+        reply.cancelled = reply.cancelled or msg.cancelled
+        if reply.recorded:
+            self._commit(reply)  # cut off before its generation ended
+        elif not msg.text and not msg.cancelled:
             # Nothing to say (no audio will come, so no mark): the turn is done.
             self._finish(reply, interrupted=False)
+
+    def _commit(self, reply: _Reply) -> None:
+        """Tell the conversation about a finished turn, once. Deferred until the turn
+        is settled (heard, cut off, or followed by another turn), because a reply
+        the caller talks on over is cancelled and its turn answered again."""
+        if reply.committed or not reply.done:
+            return
+        reply.committed = True
+        self._conv.commit(reply.user_text, reply.text, interrupted=reply.cancelled)
+
+    def _settle(self) -> None:
+        """A new reply is about to be generated: earlier finished turns go into the
+        conversation first, so it knows them."""
+        for reply in list(self._replies.values()):
+            self._commit(reply)
 
     def _on_stamp(self, msg: ReplyStamp) -> None:
         if msg.turn_id == 0 and msg.name == "first_frame":
@@ -561,12 +414,11 @@ class Planner(TrioActor):
         if reply.recorded:
             return
         reply.recorded = True
-        if self._current is reply:
-            self._current = None
         if interrupted and self._metrics is not None:
             self._metrics.count("interrupted_turns")
         stamps = {k: v for k, v in reply.stamps.items() if not k.startswith("_")}
         stamps.update({k: v for k, v in self._call_stamps.items() if not k.startswith("_")})
+        self._commit(reply)
         self._record(
             RecordTurn(
                 call_sid=self._call_sid,
@@ -580,7 +432,7 @@ class Planner(TrioActor):
         )
         self._replies.pop(reply.turn_id, None)
 
-    def _stamps_for(self, turn: _CallerTurn) -> dict[str, float]:
+    def _stamps_for(self, turn: CallerTurn) -> dict[str, float]:
         stamps = {"ws_connected": 0.0, "speech_start": self._ms(turn.speech_start)}
         if turn.speech_end is not None:
             stamps["speech_end"] = self._ms(turn.speech_end)

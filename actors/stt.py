@@ -29,6 +29,7 @@ they transcribe, on this thread).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from typing import Any
@@ -174,6 +175,11 @@ class SttActor(PykkaActor):
                 self._final_pending_trim = True
         if not tr.t:
             tr = Transcript(tr.text, tr.is_final, time.monotonic(), tr.stability, tr.confidence, tr.utterance)
+        if tr.is_final and not self._streaming and not tr.upto_seq:
+            # A batch recognizer finalizes inside ``end_utterance``, on this thread:
+            # the final transcribes the utterance that ended last. The planner
+            # needs to know which, when the caller has already gone on.
+            tr = dataclasses.replace(tr, upto_seq=self._last_ue_seq)
         self.ctx.send("planner", tr)
 
     def _on_error(self, exc: BaseException) -> None:

@@ -37,6 +37,8 @@ __all__ = [
     "UtteranceEnded",
     "SpeechStarted",
     "SpeechEnded",
+    "SpeechConfirmed",
+    "ClearPlayback",
     "Transcript",
     "CancelToken",
     "UserTurn",
@@ -137,14 +139,31 @@ class UtteranceEnded:
 
 @dataclass(frozen=True, slots=True)
 class SpeechStarted:
+    """Speech began at ``t``. ``echo``: it began while the agent's own audio may be
+    coming back down the line and is not yet known to be the caller's; a
+    ``SpeechConfirmed`` follows if it turns out to be (else its ``SpeechEnded``
+    has ``echo`` set too)."""
+
+    t: float
+    echo: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechConfirmed:
+    """Speech that began as ``echo`` (``t``: when it began) is the caller's own:
+    enough of it is louder than the agent's audio coming back can explain."""
+
     t: float
 
 
 @dataclass(frozen=True, slots=True)
 class SpeechEnded:
-    """Silence began (``t`` is its start; the hangover has already elapsed)."""
+    """Silence began (``t`` is its start; the hangover has already elapsed).
+    ``echo``: the speech that ended was never confirmed as the caller's."""
 
     t: float
+    echo: bool = False
+    seq: int = 0  # the seq of the UtteranceEnded the STT got at the same moment (0: none)
 
 
 # ----------------------------------------------------------- stt -> planner
@@ -158,6 +177,7 @@ class Transcript:
     stability: float = 0.0
     confidence: float = 0.0
     utterance: int = 0  # counter of utterances within the session
+    upto_seq: int = 0  # a batch recognizer's final: the seq of the UtteranceEnded it transcribes (0: unknown)
 
 
 # ------------------------------------------------------- planner -> tts etc.
@@ -261,6 +281,14 @@ class OutboundMark:
 @dataclass(frozen=True, slots=True)
 class OutboundClear:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class ClearPlayback:
+    """planner -> pacer: the caller spoke over the agent; drop its queued audio,
+    send ``clear``, and report each cleared reply (``PlaybackCleared``)."""
+
+    t: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -360,3 +360,42 @@ def test_the_hangover_is_counted_in_audio_time_not_arrival_time():
             vad.close()
             decided_at.append(index)
         assert len(decided_at[0]) == 1 and decided_at[1] == decided_at[0], text
+
+
+# ---------------------------------------------------------------- quiet voices
+
+QUIET_PROMPTS = ("activated", "agent-user", "dir-pls-enter", "tt-weasels", "check-number-dial-again", "sorry",
+                 "conf-getpin", "vm-goodbye")
+
+
+@pytest.mark.parametrize("pregate", [True, False])
+def test_quiet_real_speech_is_found(pregate):
+    """Real recorded prompts 36 dB below the level recorded (about -55 dBFS, a soft
+    voice or a whisper on a phone line): webrtcvad's pre-gate called them silence
+    and silero, given them as they are, mostly heard nothing."""
+    import os
+
+    from bench.vad_onsets import load
+
+    found = 0
+    for name in QUIET_PROMPTS:
+        path = f"/usr/share/asterisk/sounds/en_US_f_Allison/{name}.wav"
+        assert os.path.exists(path), f"{path} missing: run scripts/ensure-system.sh"
+        x = load(path) * 10 ** (-36 / 20)
+        pcm = np.concatenate([np.zeros(RATE), x, np.zeros(RATE)])
+        pcm += np.random.default_rng(4).normal(0, 3, pcm.size)  # line hiss, about -80 dBFS
+        vad = VoiceActivityDetector(use_webrtc_pregate=pregate)
+        events = run(vad, np.clip(pcm, -32768, 32767).astype("<i2").tobytes())
+        starts = [e for e in events if isinstance(e, SpeechStarted)]
+        found += bool(starts) and abs(starts[0].t - 1.0) < 0.6
+        vad.close()
+    assert found >= len(QUIET_PROMPTS) - 1, found
+
+
+def test_a_noisy_line_is_not_lifted_into_speech():
+    """The quiet-voice gain never raises the line's noise floor past -50 dBFS: noise
+    at -45 dBFS (louder than the quiet prompts above) stays noise."""
+    for seed in range(3):
+        vad = VoiceActivityDetector()
+        assert run(vad, noise(6.0, 180.0, seed=seed)) == []
+        vad.close()

@@ -86,6 +86,11 @@ _MAX_REFINE_S: Final = 0.25  # how far back energy may move a silence start
 _RECENT: Final = 24  # per-frame energies remembered (480 ms of 20 ms frames)
 _QUIET_REL: Final = 0.05  # quiet: RMS below 5 % (-26 dB) of the loudest recent frame...
 _QUIET_FLOOR: Final = 3.0  # ...or within 3x (+9.5 dB) of the quietest (the noise floor)
+_QUIET_TARGET: Final = 0.0316  # quiet windows are lifted toward -30 dBFS before silero scores them...
+_QUIET_MIN: Final = 0.0008  # ...unless below -62 dBFS (nothing there)...
+_FLOOR_CEILING: Final = 0.00316  # ...and never so far that the noise floor would pass -50 dBFS
+_PREGATE_RMS: Final = 0.001  # frames above -60 dBFS are scored by silero even when webrtcvad calls them silence
+_FLOOR_RISE: Final = 1.01  # the floor follows quieter frames at once and louder ones at +4.3 dB/s
 
 
 class SileroStream:
@@ -203,7 +208,8 @@ class VoiceActivityDetector:
         "_neg_threshold", "_window", "_window_s", "_session", "stream", "_buf", "_fill",
         "_webrtc", "_gate_frame_bytes", "_window_voiced", "_in_speech", "_run_start", "_silence_start",
         "_last_end", "_closed", "_windows", "_silero_calls", "_levels", "_speech_start", "_tail_rms",
-        "_audio", "_silence_audio", "_speech_start_audio", "_run_start_audio",
+        "_audio", "_silence_audio", "_speech_start_audio", "_run_start_audio", "last_rms",
+        "quiet_gain_max", "_floor",
     )
 
     def __init__(
@@ -215,6 +221,7 @@ class VoiceActivityDetector:
         hangover_ms: int = 200,
         use_webrtc_pregate: bool = True,
         session: SileroSession | None = None,
+        quiet_gain_max: float = 10.0,
     ) -> None:
         if sample_rate not in _WINDOW:
             raise ValueError(f"sample_rate must be 8000 or 16000, got {sample_rate}")
@@ -256,6 +263,11 @@ class VoiceActivityDetector:
         self._run_start_audio = 0.0
         # Loudest RMS of the frames holding audio no window has scored yet (0.0: none).
         self._tail_rms = 0.0
+        self.last_rms = 0.0  # RMS of the last frame fed (fraction of full scale)
+        if not 1.0 <= quiet_gain_max <= 100.0:
+            raise ValueError(f"quiet_gain_max must be within 1..100, got {quiet_gain_max}")
+        self.quiet_gain_max = quiet_gain_max
+        self._floor = -1.0  # the line's noise floor (slow minimum of frame RMS; -1: no frame yet)
         self._gate_frame_bytes = (sample_rate // 100 * 2, sample_rate // 50 * 2, sample_rate * 3 // 100 * 2)
         self._window_voiced = False  # some frame feeding the current window may be speech
         self._in_speech = False
@@ -327,11 +339,6 @@ class VoiceActivityDetector:
         if self._last_end is None and self._silence_start is None:
             self._silence_start = t - n_bytes / 2 / self.sample_rate
             self._silence_audio = self._audio
-        if self._webrtc is None or n_bytes not in self._gate_frame_bytes:
-            frame_voiced = True  # no pre-gate, or a size webrtcvad cannot judge
-        else:
-            frame_voiced = self._webrtc.is_speech(pcm16_20ms, self.sample_rate)
-        self._window_voiced = self._window_voiced or frame_voiced
         samples = np.frombuffer(pcm16_20ms, dtype="<i2").astype(np.float32)
         n = samples.size
         rms = 0.0
@@ -340,7 +347,17 @@ class VoiceActivityDetector:
         if n:
             samples *= _INT16_SCALE
             rms = float(np.sqrt(np.dot(samples, samples) / n))
+            self.last_rms = rms
+            floor = self._floor
+            self._floor = rms if (rms < floor or floor < 0.0) else floor * _FLOOR_RISE
             self._levels.append((t - n / self.sample_rate, rms, audio_start))
+        if self._webrtc is None or n_bytes not in self._gate_frame_bytes:
+            frame_voiced = True  # no pre-gate, or a size webrtcvad cannot judge
+        else:
+            # webrtcvad's mode 3 misses quiet voices (a whisper, a soft speaker): a
+            # frame above _PREGATE_RMS reaches silero whatever it says.
+            frame_voiced = rms > _PREGATE_RMS or self._webrtc.is_speech(pcm16_20ms, self.sample_rate)
+        self._window_voiced = self._window_voiced or frame_voiced
         events: list[SpeechStarted | SpeechEnded] = []
         window = self._window
         done = 0
@@ -387,7 +404,10 @@ class VoiceActivityDetector:
         audio time); update the state."""
         self._windows += 1
         if self._window_voiced:
-            p = self._session.score(self.stream, self._buf[: self._window])
+            window = self._buf[: self._window]
+            if self.quiet_gain_max > 1.0:
+                window = self._lift_quiet(window)
+            p = self._session.score(self.stream, window)
             self._silero_calls += 1
         else:
             p = 0.0
@@ -416,6 +436,24 @@ class VoiceActivityDetector:
         if self._silence_start is not None and (audio_end - self._silence_audio) * 1000.0 >= self.hangover_ms - 1e-6:
             self._in_speech = False
             events.append(SpeechEnded(t=self._silence_start))
+
+    def _lift_quiet(self, window: np.ndarray) -> np.ndarray:
+        """``window``, raised toward ``_QUIET_TARGET`` when it is quiet and the line's
+        noise floor is low enough that the gain cannot make the floor sound like
+        speech (see the module docstring); else ``window`` itself."""
+        level = float(np.sqrt(np.dot(window, window) / window.size))
+        if level >= _QUIET_TARGET or level <= _QUIET_MIN:
+            return window
+        # The gain follows the speaker, not the window: the loudest recent frame is
+        # raised to the target, so a pause keeps its level relative to the words
+        # around it (a per-window gain made silero end turns at commas).
+        peak = max(level, max(rms for _, rms, _ in self._levels) if self._levels else 0.0)
+        floor = max(self._floor, 1e-6)
+        gain = min(self.quiet_gain_max, _QUIET_TARGET / peak, _FLOOR_CEILING / floor)
+        if gain <= 1.0:
+            return window
+        window *= np.float32(gain)  # in place: these samples are not read again, except as silero's context
+        return window
 
     def _quiet_level(self) -> float:
         """The RMS at or below which a frame counts as quiet: below ``_QUIET_REL`` of the
@@ -452,6 +490,7 @@ class VoiceActivityDetector:
         self._fill = 0
         self._levels.clear()
         self._tail_rms = 0.0
+        self._floor = -1.0
         self._audio = self._silence_audio = self._speech_start_audio = self._run_start_audio = 0.0
         self._window_voiced = False
         self._in_speech = False

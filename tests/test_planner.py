@@ -1,0 +1,149 @@
+"""The planner actor as glue: a real ``Planner`` under a real ``Supervisor``, fed
+the decoder's and the recognizer's messages in the order and at the pace a call
+produces them, with recording siblings; what it records is checked. (The
+decisions themselves are tested event by event in tests/test_turn_taking.py.)"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+import trio
+import trio.testing
+
+from actors.planner import Planner, TurnSettings
+from engine.actor import TrioActor
+from engine.messages import (
+    ClearPlayback,
+    RecordTurn,
+    ReplyStamp,
+    Speak,
+    SpeechEnded,
+    SpeechStarted,
+    TextDelta,
+    Transcript,
+)
+from engine.supervisor import ChildSpec, Supervisor, run_root
+
+
+class Recorder(TrioActor):
+    inline = True
+
+    def __init__(self, got: list[Any]) -> None:
+        super().__init__()
+        self.got = got
+
+    def receive_inline(self, msg: Any) -> None:
+        self.got.append(msg)
+
+
+class Conversation:
+    """A language planner that answers every turn with one sentence."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.committed: list[str] = []
+
+    def reply(self, text: str, cancel: Any = None) -> Iterator[Any]:
+        self.asked.append(text)
+        yield TextDelta("Okay.")
+
+    def commit(self, user: str, reply: str, interrupted: bool = False) -> None:
+        self.committed.append(user)
+
+
+class Call:
+    def __init__(self, *, streaming_stt: bool = False) -> None:
+        self.records: list[Any] = []
+        self.tts: list[Any] = []
+        self.pacer: list[Any] = []
+        self.conv = Conversation()
+        self.sup = Supervisor(
+            "call",
+            [
+                ChildSpec("transport", lambda ctx: Recorder([])),
+                ChildSpec("pacer", lambda ctx: Recorder(self.pacer)),
+                ChildSpec("tts", lambda ctx: Recorder(self.tts)),
+                ChildSpec("stt", lambda ctx: Recorder([])),
+                ChildSpec(
+                    "planner",
+                    lambda ctx: Planner(
+                        conversation=self.conv,
+                        call_sid="CA1",
+                        business_id="demo",
+                        language="en-US",
+                        voice="",
+                        connected_at=time.monotonic(),
+                        record=self.records.append,
+                        limiter=trio.CapacityLimiter(4),
+                        settings=TurnSettings(),
+                        streaming_stt=streaming_stt,
+                        call_stamps={},
+                    ),
+                ),
+            ],
+        )
+
+    def tell(self, msg: Any) -> None:
+        self.sup.tell_role("planner", msg)
+
+    def turns(self) -> list[RecordTurn]:
+        return [r for r in self.records if isinstance(r, RecordTurn)]
+
+
+async def test_a_hesitation_the_caller_goes_on_after_is_one_turn_with_every_word() -> None:
+    """"uh, i i still think it's a very good team though": the VAD ends "uh," at the
+    pause; the batch recognizer's final for it arrives while the caller says the
+    rest. The turn is answered once, and its record holds the whole utterance (the
+    first part was lost: "Very good team though")."""
+    call = Call()
+    async with trio.open_nursery() as n:
+        await n.start(run_root, call.sup)
+        call.tell(SpeechStarted(t=time.monotonic()))
+        await trio.sleep(0.3)
+        call.tell(SpeechEnded(t=time.monotonic() - 0.2))
+        await trio.sleep(0.3)
+        call.tell(SpeechStarted(t=time.monotonic()))
+        await trio.sleep(0.15)
+        call.tell(Transcript("Uh,", True, time.monotonic()))
+        await trio.sleep(0.8)
+        call.tell(SpeechEnded(t=time.monotonic() - 0.2))
+        await trio.sleep(0.4)
+        call.tell(Transcript("I still think it's a very good team though.", True, time.monotonic()))
+        await trio.sleep(0.3)
+        await trio.testing.wait_all_tasks_blocked()
+        call.sup.request_stop()
+    (turn,) = call.turns()
+    assert turn.transcript == "Uh, I still think it's a very good team though."
+    assert call.conv.committed == ["Uh, I still think it's a very good team though."]
+
+
+async def test_the_caller_going_on_before_hearing_the_reply_cancels_it_and_keeps_one_record() -> None:
+    call = Call()
+    async with trio.open_nursery() as n:
+        await n.start(run_root, call.sup)
+        call.tell(SpeechStarted(t=time.monotonic()))
+        await trio.sleep(0.3)
+        call.tell(SpeechEnded(t=time.monotonic() - 0.2))
+        await trio.sleep(0.2)
+        call.tell(Transcript("My name is David", True, time.monotonic()))
+        await trio.sleep(0.05)
+        first = [m for m in call.tts if isinstance(m, Speak)]
+        assert first and first[0].text == "Okay."
+        # The reply's first frame went out, and the caller goes on 200 ms later.
+        call.tell(ReplyStamp(turn_id=first[0].turn_id, name="first_frame", t=time.monotonic()))
+        await trio.sleep(0.2)
+        call.tell(SpeechStarted(t=time.monotonic()))
+        assert [type(m) for m in call.pacer] == [ClearPlayback]  # the reply's audio is stopped
+        assert first[0].cancel.cancelled
+        await trio.sleep(0.5)
+        call.tell(SpeechEnded(t=time.monotonic() - 0.2))
+        await trio.sleep(0.2)
+        call.tell(Transcript("Cohen.", True, time.monotonic()))
+        await trio.sleep(0.2)
+        await trio.testing.wait_all_tasks_blocked()
+        call.sup.request_stop()
+    (turn,) = call.turns()
+    assert turn.transcript == "My name is David Cohen."
+    assert call.conv.asked == ["My name is David", "My name is David Cohen."]
+    assert call.conv.committed == ["My name is David Cohen."]
