@@ -145,7 +145,7 @@ class TurnSettings:
     speculative_min_chars: int = 14
     final_timeout_ms: int = 1500
     batch_final_timeout_ms: int = 6000  # recognizers without partials (whisper)
-    resume_window_ms: int = 500  # caller speech this soon after a reply's first frame continues the turn
+    resume_window_ms: int = 300  # caller speech this soon after a reply's first frame (too soon to be an answer to it) continues the turn
     unfinished_hold_ms: int = 700  # silence (from the speech's end) an unfinished-looking turn waits for
 
 
