@@ -458,3 +458,15 @@ def test_hebrew_read_back_correction_and_yes(demo_he):
     assert spoken == "רשמתי 0 5 2, 7 6 5, 4 3 2 2. זה נכון?"
     events, spoken = turn(conv, "כן")
     assert leads(events)[0].complete and spoken.startswith("תודה יעל.")
+
+
+def test_business_country_is_checked_and_defaults_from_the_profile():
+    from engine.business import BusinessError, parse_business
+
+    base = {"id": "x", "name": "X", "greeting": "Hi"}
+    assert parse_business({**base, "country": "il"}, "x.toml").country == "IL"
+    assert parse_business({**base, "phone_numbers": ["+442071838750"]}, "x.toml").country == "GB"
+    assert parse_business({**base, "language": "he-IL"}, "x.toml").country == "IL"
+    assert parse_business(base, "x.toml").country == "US"  # en-US, the default language
+    with pytest.raises(BusinessError, match="x.toml: key 'country'"):
+        parse_business({**base, "country": "Israel"}, "x.toml")
