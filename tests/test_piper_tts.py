@@ -52,6 +52,18 @@ def test_long_sentences_are_spoken_clause_by_clause() -> None:
     assert split_clauses("Hi, there. Yes.", 4) == ["Hi, there. Yes."]
 
 
+def test_a_sentence_heard_before_comes_from_the_cache(piper: PiperTts) -> None:
+    text = "Is there anything else I can do for you?"
+    first = b"".join(piper.synthesize(text, language="en-US"))
+    hits = piper._cache.hits
+    assert b"".join(piper.synthesize(text, language="en-US")) == first
+    assert piper._cache.hits == hits + 1
+    uncached = PiperTts(g2p=piper._g2p, cache_bytes=0)
+    list(uncached.synthesize(text, language="en-US"))
+    list(uncached.synthesize(text, language="en-US"))
+    assert uncached._cache.hits == 0
+
+
 def test_cancel_stops_between_chunks(piper: PiperTts) -> None:
     cancel = CancelToken()
     got = []

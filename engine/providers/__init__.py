@@ -86,6 +86,7 @@ def _make_voice(name: str, settings: "Settings") -> TextToSpeech:
             threads=p.threads,
             slots=p.slots,
             length_scale=p.length_scale,
+            cache_bytes=int(p.cache_mb * (1 << 20)),
             fallback=_make_voice("espeak", settings),  # Hebrew and other languages the voice lacks
         )
     if name == "espeak":

