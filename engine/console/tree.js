@@ -37,6 +37,14 @@ function stats(node) {
   return out;
 }
 
+/** "call:CA…" -> "call" (the call is named above the tree); "chat:9725…@s.whatsapp.net" -> "chat +9725…". */
+function shortRole(role) {
+  if (!role) return "?";
+  if (role.startsWith("call:")) return "call";
+  const chat = /^chat:(\d{6,15})@/.exec(role);
+  return chat ? `chat +${chat[1]}` : role;
+}
+
 /**
  * The tree as nested lists. `onRestart(role)` (optional) adds a restart button
  * to every actor under the root.
@@ -54,7 +62,7 @@ function renderNode(node, depth, onRestart) {
     "div",
     { class: "node", title: node.last_error ? `last error: ${node.last_error}` : null, dataset: { role: node.role || "" } },
     h("span", { class: `dot ${statusClass(status)}`, title: status }),
-    h("span", { class: "role" }, node.role || "?"),
+    h("span", { class: "role", title: node.role }, shortRole(node.role)),
     h("span", { class: `kind kind-${kind}` }, kind),
     h("span", { class: `status ${statusClass(status)}` }, status),
     h("span", { class: "stats" }, stats(node)),

@@ -16,7 +16,12 @@ export const STAGES = [
 
 const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
 
-/** The stages present in `stamps` with their start (ms after speech end) and duration. */
+/**
+ * The stages present in `stamps`, in ms after the end of speech: `start`, and
+ * `dur`, the part of the stage that the caller waited for (after the end of
+ * speech; a stage that ran earlier, such as a speculative reply begun before
+ * the caller finished, counts only from there). `full` is the stage's own time.
+ */
 export function stages(stamps) {
   const s = stamps || {};
   const t0 = num(s.speech_end);
@@ -25,7 +30,8 @@ export function stages(stamps) {
   for (const st of STAGES) {
     const a = num(s[st.from]), b = num(s[st.to]);
     if (a === null || b === null) continue;
-    out.push({ ...st, start: a - t0, dur: Math.max(0, b - a) });
+    const start = Math.max(0, a - t0);
+    out.push({ ...st, start, dur: Math.max(0, b - t0 - start), full: Math.max(0, b - a), early: a < t0 });
   }
   return out;
 }
@@ -78,7 +84,7 @@ export function renderWaterfall(stamps, scale) {
       h("div", { class: `wf-row${slow ? " slow" : ""}`, dataset: { stage: st.key } },
         h("span", { class: "wf-label", title: st.hint }, `→ ${st.label}`),
         track,
-        h("span", { class: "wf-ms" }, ms(st.dur)),
+        h("span", { class: "wf-ms", title: st.early ? `began before the end of speech; the whole stage took ${ms(st.full)}` : null }, ms(st.dur), st.early ? "*" : null),
       ),
     );
   }
