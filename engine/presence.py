@@ -190,11 +190,13 @@ class Presence:
         state = self._state_fn()
         calls = state.get("calls", [])
         new = [c["sid"] for c in calls if c.get("sid") and c["sid"] not in self._seen_calls]
-        body = json.dumps(state, ensure_ascii=False, separators=(",", ":"), default=str)
-        args = (self.id, self.host, self.pid, self.started_at, len(calls), len(state.get("chats", [])), body)
+        n_calls, n_chats = len(calls), len(state.get("chats", []))
 
         def write() -> bool:
-            self.store.execute(self._upsert, *args)
+            # Serialized here, on the worker thread: the state is this beat's own
+            # fresh data, and the trio thread carries the calls' audio.
+            body = json.dumps(state, ensure_ascii=False, separators=(",", ":"), default=str)
+            self.store.execute(self._upsert, self.id, self.host, self.pid, self.started_at, n_calls, n_chats, body)
             for sid in new:
                 self.store.execute(
                     "INSERT INTO call_processes (call_sid, process_id, seen_at) VALUES ($1, $2, $3)"
