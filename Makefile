@@ -62,3 +62,12 @@ voice-bench: setup
 
 clean:
 	rm -rf $(VENV) var bench/out $(SIDECAR)/node_modules
+
+# N simulated calls back to back for M minutes against a stub host; RSS, threads and fds per minute
+# (bench/soak.py). make soak SOAK_CALLS=20 SOAK_MINUTES=10; SOAK_ARGS="--host-env MALLOC_ARENA_MAX=2" etc.
+SOAK_CALLS   ?= 20
+SOAK_MINUTES ?= 10
+SOAK_ARGS    ?=
+.PHONY: soak
+soak: setup
+	nice -n 10 $(BIN)/python -m bench.soak --calls $(SOAK_CALLS) --minutes $(SOAK_MINUTES) --out bench/out/soak $(SOAK_ARGS)

@@ -257,6 +257,39 @@ def test_admin_answers_503_fast_while_the_database_is_stopped_or_frozen(pg_host:
         time.sleep(0.2)
 
 
+async def test_database_stopped_mid_call(pg_host: HostProcess, pg_server: Any) -> None:
+    """PostgreSQL stops while a call is live: the call keeps hearing and
+    answering, the admin API answers 503 at once, and once the database is
+    back the call's record (with its turns) arrives from the journal."""
+    c = caller(pg_host, [Say(audio=tone(1.0)), WaitForReply(timeout=8), Pause(2.0), Say(audio=tone(1.0)),
+                         WaitForReply(timeout=8), Pause(1.0)], wait_greeting=False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c.run)
+        with trio.fail_after(15):
+            while not c.result.turns or c.result.turns[0].reply_first_frame_ms is None:
+                await trio.sleep(0.05)
+        try:
+            await trio.to_thread.run_sync(pg_server.stop)
+            t0 = time.monotonic()
+            status, body = await trio.to_thread.run_sync(lambda: pg_host.get("/admin/calls", timeout=10))
+            assert status == 503 and time.monotonic() - t0 < 3.0, (status, body)
+            with trio.fail_after(30):
+                while c.result.duration_ms == 0:  # the call runs on while the database is away
+                    await trio.sleep(0.1)
+        finally:
+            await trio.to_thread.run_sync(pg_server.start)
+    assert c.result.ok, c.result.errors
+    assert len(c.result.turns) == 2 and c.result.turns[1].reply_first_frame_ms is not None
+    record: Any = None
+    with trio.move_on_after(30):
+        while True:
+            status, record = await trio.to_thread.run_sync(lambda: pg_host.get(f"/admin/calls/{c.result.call_sid}"))
+            if status == 200 and record.get("ended_at") and record.get("turns"):
+                break
+            await trio.sleep(0.3)
+    assert record["ended_at"] and record["turns"] and record["end_reason"] == "ended", record
+
+
 # ------------------------------------------------------------------ the simulated caller
 
 
@@ -370,15 +403,19 @@ async def test_sigterm_drains_live_calls_then_closes_politely(tmp_path: Path) ->
 # ------------------------------------------------------------------ crash repair (SIGKILL)
 
 
-def _owner_of(host: HostProcess, call_sid: str) -> str:
+def _recorded_and_claimed(host: HostProcess, call_sid: str) -> bool:
+    """The call's start is stored and its process has claimed it (where the
+    schema has owners)."""
     import sqlite3
 
     db = sqlite3.connect(str(host.data_dir / "callengine.db"), timeout=5)
     try:
-        row = db.execute("SELECT owner FROM calls WHERE call_sid = ?", (call_sid,)).fetchone()
+        columns = {r[1] for r in db.execute("PRAGMA table_info(calls)")}
+        owner = "owner" if "owner" in columns else "'-'"
+        row = db.execute(f"SELECT started_at, {owner} FROM calls WHERE call_sid = ?", (call_sid,)).fetchone()
     finally:
         db.close()
-    return row[0] if row else ""
+    return bool(row and row[0] and row[1])
 
 
 async def test_sigkill_leaves_no_call_live_after_a_restart(tmp_path: Path) -> None:
@@ -396,7 +433,8 @@ async def test_sigkill_leaves_no_call_live_after_a_restart(tmp_path: Path) -> No
                 nursery.start_soon(c.run)
             await wait_live(first, 2)
             with trio.fail_after(10):  # claimed in the store at once, not at the next heartbeat
-                while not all([await trio.to_thread.run_sync(_owner_of, first, c.result.call_sid) for c in live]):
+                while not all([await trio.to_thread.run_sync(_recorded_and_claimed, first, c.result.call_sid)
+                               for c in live]):
                     await trio.sleep(0.1)
             await trio.sleep(0.5)
             killed_at = time.time()
