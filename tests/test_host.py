@@ -22,7 +22,7 @@ def test_healthz_answers(host: HostProcess) -> None:
     status, body = host.get("/healthz", admin=False)
     assert status == 200
     assert body["status"] == "ok"
-    assert body["stt"] == "whisper" and body["tts"] == "espeak" and body["llm"] == "rules"
+    assert body["stt"] == "whisper" and body["tts"] == "piper" and body["llm"] == "rules"
 
 
 @pytest.mark.parametrize(
