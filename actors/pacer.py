@@ -145,21 +145,21 @@ class Pacer(TrioActor):
         if rest:
             self._partial = rest
             self._partial_turn = turn_id
+        dropped = self.dropped_frames
         while self._frames_queued > self._max_frames:
             turn, item = self._queue.popleft()
             if item is not _END:
                 self._frames_queued -= 1
                 self.dropped_frames += 1
+        if self.dropped_frames != dropped and self._metrics is not None:
+            self._metrics.pacer_drops(self.dropped_frames - dropped)
         self._wakeup.set()
 
-        dropped = self.dropped_frames
     def _enqueue_end(self, turn_id: int) -> None:
         if self._partial and self._partial_turn == turn_id:
             pad = FRAME_BYTES - len(self._partial)
             self._queue.append((turn_id, self._partial + MULAW_SILENCE * pad))
             self._frames_queued += 1
-        if self.dropped_frames != dropped and self._metrics is not None:
-            self._metrics.pacer_drops(self.dropped_frames - dropped)
             self._partial = b""
         self._queue.append((turn_id, _END))
         self._wakeup.set()
@@ -193,6 +193,8 @@ class Pacer(TrioActor):
         now = trio.current_time()
         next_deadline = self._next_deadline
         if (self._drained and next_deadline < now) or next_deadline < now - self._lead:
+            if not self._drained and self._metrics is not None:
+                self._metrics.pacer_underrun()  # fell behind mid-reply: the caller heard a gap
             next_deadline = now
         self._drained = False
         horizon = now + self._lead
@@ -200,8 +202,6 @@ class Pacer(TrioActor):
         while queue and next_deadline <= horizon:
             turn, item = queue.popleft()
             if item is _END:
-            if not self._drained and self._metrics is not None:
-                self._metrics.pacer_underrun()  # fell behind mid-reply: the caller heard a gap
                 name = f"turn-{turn}"
                 self._pending_marks[name] = turn
                 send("transport", OutboundMark(name=name))
