@@ -470,3 +470,15 @@ def test_business_country_is_checked_and_defaults_from_the_profile():
     assert parse_business(base, "x.toml").country == "US"  # en-US, the default language
     with pytest.raises(BusinessError, match="x.toml: key 'country'"):
         parse_business({**base, "country": "Israel"}, "x.toml")
+
+
+def test_a_number_given_first_is_confirmed_then_the_missing_slots_are_asked(demo):
+    conv = RulesPlanner().open_conversation(demo, channel="call")
+    _, spoken = turn(conv, "Hi, my number is 054 987 6543")
+    assert spoken == "I have 0 5 4, 9 8 7, 6 5 4 3. Is that right?"
+    _, spoken = turn(conv, "my sink is blocked")  # not an answer: kept, and asked again
+    assert spoken == "I have 0 5 4, 9 8 7, 6 5 4 3. Is that right?" and conv.lead["need"] == "my sink is blocked"
+    events, spoken = turn(conv, "yes")
+    assert spoken == demo.prompt("ask_name") and not leads(events)[0].complete
+    events, spoken = turn(conv, "Dana")
+    assert leads(events)[0].complete and spoken.startswith("Thanks Dana.")

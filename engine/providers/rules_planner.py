@@ -333,9 +333,10 @@ class RulesConversation:
             if not confirm.rstrip().endswith("?"):
                 sentences += _split_sentences(self._p("anything_else", lang))
             confirmed = True
-        elif state.asked == "phone_confirm" and fields.get("phone"):
-            # Neither yes nor no nor a number: answer what was asked, then ask again.
-            if faq is None:
+        elif state.asked == "phone_confirm" and fields.get("phone") and not phone.event:
+            # Neither yes nor no nor a number: take what was said, answer what was
+            # asked, then ask about the number again.
+            if faq is None and not newly:
                 sentences += _split_sentences(self._p("sorry", lang))
             sentences += _split_sentences(_fmt(self._p("confirm_phone", lang), self._format_fields(fields, lang)))
             asked = "phone_confirm"
