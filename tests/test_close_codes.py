@@ -2,9 +2,10 @@
 
 A text message that is not UTF-8 closes with 1007, a binary frame inside a
 fragmented text message (and any other framing error) with 1002, never 1011
-("internal error", which blames the server). Both paths are checked: the real
-host's media socket (direct mode, ``transports.asgi_ws``) and hypercorn's own
-ASGI WebSocket path (``engine.hypercorn_fixes`` fix 6) with a plain ASGI app.
+("internal error", which blames the server). Here: hypercorn's own ASGI
+WebSocket path (``engine.hypercorn_fixes`` fix 6) with a plain ASGI app; the
+real host's media socket (direct mode, ``transports.asgi_ws``) is checked in
+``tests/test_reliability.py`` with the same frames.
 """
 
 from __future__ import annotations
@@ -13,15 +14,11 @@ import base64
 import os
 import struct
 from functools import partial
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import trio
 
-from tests.conftest_host import TWILIO_TOKEN, HostProcess, start_host
-
-STUBS = {"CALLENGINE_STT": "stub", "CALLENGINE_TTS": "stub", "CALLENGINE_LLM": "stub"}
 
 
 def frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
@@ -77,25 +74,6 @@ async def close_code_after(port: int, frames: list[bytes], headers: str = "") ->
             return struct.unpack("!H", data[j : j + 2])[0] if n >= 2 else None
         i = j + n
     return None
-
-
-@pytest.fixture(scope="module")
-def stub_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostProcess]:
-    h = start_host(tmp_path_factory.mktemp("closecodes"), STUBS)
-    try:
-        yield h
-    finally:
-        h.stop()
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-async def test_media_socket_close_codes(stub_host: HostProcess, case: str) -> None:
-    from transports.signature import compute
-
-    frames, expected = CASES[case]
-    signature = compute(TWILIO_TOKEN, stub_host.ws)
-    code = await close_code_after(stub_host.port, frames, f"X-Twilio-Signature: {signature}\r\n")
-    assert code == expected
 
 
 async def _asgi_reader(scope: Any, receive: Any, send: Any) -> None:

@@ -142,6 +142,22 @@ async def test_idle_upgrades_are_capped_and_closed_by_the_start_deadline(fault_h
     assert result.ok, result.errors
 
 
+# ------------------------------------------------------------------ close codes
+
+
+@pytest.mark.parametrize("case", ["invalid_utf8", "binary_inside_text", "continuation_without_start",
+                                  "reserved_opcode"])
+async def test_media_socket_close_codes(fault_host: HostProcess, case: str) -> None:
+    """RFC 6455: 1007 for a text message that is not UTF-8, 1002 for framing
+    errors; never 1011 (internal error) for the peer's fault."""
+    from tests.test_close_codes import CASES, close_code_after
+    from transports.signature import compute
+
+    frames, expected = CASES[case]
+    signature = compute(TWILIO_TOKEN, fault_host.ws)
+    assert await close_code_after(fault_host.port, frames, f"X-Twilio-Signature: {signature}\r\n") == expected
+
+
 # ------------------------------------------------------------------ non-finite numbers
 
 
