@@ -47,7 +47,7 @@ from engine import drain, hypercorn_fixes, testcall
 from engine.admin import register_admin
 from engine.config import Settings, load_settings
 from engine.console import register_routes as register_console_routes
-from engine.logs import setup_logging
+from engine.logs import call_sid_var, setup_logging
 from engine.messages import CallInfo
 from engine.admission import Ticket
 from engine.runtime import Runtime
@@ -294,6 +294,7 @@ async def _serve_admitted(sock: MediaSocket, runtime: Runtime, settings: Setting
         if started is None:
             return
         info, stream = started
+        call_sid_var.set(info.call_sid)  # the call's tasks inherit it: their log lines carry it
         ticket.started()
         live = await runtime.start_call(info, stream, sock)
         await live.ended.wait()

@@ -2,15 +2,22 @@
 
 WARNING by default (DESIGN.md: nothing per frame, numbers live in metrics).
 Fields passed through ``extra={...}`` become keys of the JSON object, so a log
-line about a call carries ``call_sid`` as data, not as text to parse.
+line about a call carries ``call_sid`` as data, not as text to parse; a line
+logged from one of a call's trio tasks carries it anyway (``call_sid_var``).
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 import time
+
+#: The call a task works for. Set by the media handler before the call's tree
+#: starts; every trio task of that tree inherits it (trio copies the spawner's
+#: context), so each of their log lines carries ``call_sid`` without passing it.
+call_sid_var: contextvars.ContextVar[str] = contextvars.ContextVar("call_sid", default="")
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -23,6 +30,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        sid = call_sid_var.get()
+        if sid:
+            out["call_sid"] = sid
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
