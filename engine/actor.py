@@ -117,8 +117,9 @@ class ActorContext:
         """This incarnation did useful work: if it fails now, the supervisor treats
         the failure as it treats one after a stable run (``stable_after``): the
         consecutive-failure count starts again, so the restart waits the first
-        backoff step and does not count toward the fallback. Any thread; call it
-        before failing (the exit report that follows carries it)."""
+        backoff step and counts neither toward the fallback nor toward the
+        restart intensity. Any thread; call it before failing (the exit report
+        that follows carries it)."""
         self.progressed = True
 
     def report_exit(self, error: BaseException | None) -> None:

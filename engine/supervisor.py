@@ -22,7 +22,9 @@ Semantics, stated precisely (OTP ``supervisor`` unless noted):
 - Restart intensity: if more than ``intensity`` restarts happen within
   ``period`` seconds, the supervisor stops all children and fails with
   ``SupervisorEscalation``; its parent then applies its own policy. Limits
-  multiply across levels, as in OTP.
+  multiply across levels, as in OTP. A restart after progress (below) is not
+  counted: intensity stops crash loops, and a child that keeps doing useful
+  work between failures is not in one.
 - Backoff (Akka's ``restartWithBackoff``): restart ``n`` of a child waits
   ``min(backoff_max, backoff_base * 2**(n-1)) * uniform(1, 1 + jitter)``; ``n``
   counts consecutive failures and resets once the child has run for
@@ -593,7 +595,8 @@ class Supervisor(TrioActor):
                 self._remove_slot(role)  # dynamic children leave no trace
             return
         # Intensity (OTP): more than `intensity` restarts within `period` -> give up.
-        if not self._note_restart(now):
+        progressed = slot.ctx is not None and slot.ctx.generation == generation and slot.ctx.progressed
+        if not self._note_restart(now, counted=not progressed):
             self._escalation = SupervisorEscalation(
                 f"{self.name}: more than {self.intensity} restarts in {self.period}s (last: {role}: {slot.last_error})"
             )
@@ -611,7 +614,6 @@ class Supervisor(TrioActor):
             await self._restart_group(slot, delay=0.0)
             self._schedule(slot, spec.probe_interval, "probe")
             return
-        progressed = slot.ctx is not None and slot.ctx.generation == generation and slot.ctx.progressed
         if uptime >= spec.stable_after or progressed:
             slot.failures = 0
         if not progressed:  # a failure after progress is not one of a consecutive run
@@ -636,9 +638,10 @@ class Supervisor(TrioActor):
             except Exception:  # noqa: BLE001 - metrics must never break supervision
                 log.debug("on_event hook failed", exc_info=True)
 
-    def _note_restart(self, now: float) -> bool:
+    def _note_restart(self, now: float, *, counted: bool = True) -> bool:
         self.total_restarts += 1
-        self._restart_times.append(now)
+        if counted:
+            self._restart_times.append(now)
         while self._restart_times and now - self._restart_times[0] > self.period:
             self._restart_times.popleft()
         return len(self._restart_times) <= self.intensity

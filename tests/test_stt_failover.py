@@ -74,11 +74,11 @@ class HeardNothingYet:
         pass
 
 
-def script(lead_ms: int, speech_ms: int, gap_ms: int) -> list[tuple[bytes, bool, str]]:
+def script(lines: int, lead_ms: int, speech_ms: int, gap_ms: int) -> list[tuple[bytes, bool, str]]:
     """(pcm, in_speech, event after it) per 100 ms chunk: the caller's side of the call."""
     step = RATE * 2 * CHUNK_MS // 1000
     out: list[tuple[bytes, bool, str]] = [(b"\0" * step, False, "")] * (lead_ms // CHUNK_MS)
-    for k in range(len(LINES)):
+    for k in range(lines):
         pcm = utterance_pcm(k, speech_ms)
         chunks = [pcm[i : i + step] for i in range(0, len(pcm), step)]
         out += [(c, True, "start" if i == 0 else "") for i, c in enumerate(chunks)]
@@ -88,7 +88,11 @@ def script(lead_ms: int, speech_ms: int, gap_ms: int) -> list[tuple[bytes, bool,
     return out
 
 
-async def run_call(peer: SpeechPeer, make_stt: Callable[[], GoogleStt]) -> dict[str, Any]:
+async def run_call(
+    peer: SpeechPeer, make_stt: Callable[[], GoogleStt], *, lines: int = len(LINES), speed: float = SPEED
+) -> dict[str, Any]:
+    """One call under the shipped supervision numbers (3 retries, 0.2 s backoff,
+    at most 10 restarts in 30 s)."""
     stt = make_stt()
     fallback = HeardNothingYet()
     history = AudioHistory(preroll_bytes=PREROLL_BYTES)
@@ -106,7 +110,7 @@ async def run_call(peer: SpeechPeer, make_stt: Callable[[], GoogleStt]) -> dict[
                 backoff=Backoff(base=0.2, max=5.0, jitter=0.1), probe_interval=1000.0, buffer=1024,
             ),
         ],
-        intensity=100,
+        intensity=10,
         period=30.0,
     )
     first_stream = peer.stream_count
@@ -114,8 +118,8 @@ async def run_call(peer: SpeechPeer, make_stt: Callable[[], GoogleStt]) -> dict[
     try:
         async with trio.open_nursery() as n:
             await n.start(run_root, sup)
-            for pcm, in_speech, event in script(lead_ms=4000, speech_ms=1000, gap_ms=1500):
-                await trio.sleep(CHUNK_MS / 1000 / SPEED)
+            for pcm, in_speech, event in script(lines, lead_ms=4000, speech_ms=1000, gap_ms=1500):
+                await trio.sleep(CHUNK_MS / 1000 / speed)
                 now = trio.current_time()
                 chunk = AudioChunk(pcm16=pcm, t=now, in_speech=in_speech, seq=history.next_seq())
                 history.append(chunk)
@@ -128,7 +132,7 @@ async def run_call(peer: SpeechPeer, make_stt: Callable[[], GoogleStt]) -> dict[
                     sup.tell_role("stt", end)
                 snaps.append(next(c for c in sup.snapshot()["children"] if c["role"] == "stt"))
             with trio.move_on_after(3):
-                while len([t for t in got if t.is_final]) < len(LINES):
+                while len([t for t in got if t.is_final]) < lines:
                     await trio.sleep(0.02)
             sup.request_stop()
     finally:
@@ -164,6 +168,21 @@ async def test_every_stream_killed_after_3_5_s_of_audio_stays_on_the_primary() -
     assert all(s <= 3.5 + CHUNK_MS / 1000 for s in r["audio_s_per_stream"]), r
     call_s = (4000 + len(LINES) * 2500) / 1000
     assert sum(r["audio_s_per_stream"]) < call_s * 1.5, r  # replay overhead, not a loop
+
+
+async def test_a_long_call_with_a_stream_killed_every_3_5_s_is_not_a_crash_loop() -> None:
+    """Fourteen lines (39 s of audio, played at three times real time): more stream
+    deaths than the call's restart intensity allows in 30 s. They came after progress,
+    so they count neither toward the fallback nor toward the intensity: the call goes on
+    on the primary (before, the tree gave up and the caller heard the apology)."""
+    lines = 14
+    script_lines = [f"line {k}" for k in range(lines)]
+    with SpeechPeer(script_lines, final_delay_s=0.05) as peer:
+        peer.set_faults(kill_after_audio_s=3.5)
+        r = await run_call(peer, lambda: GoogleStt(endpoint=peer.address, insecure=True), lines=lines, speed=3.0)
+    print(f"\nlong call: { {k: v for k, v in r.items() if k not in ('audio_s_per_stream', 'finals')} }")
+    assert r["finals"] == script_lines, r
+    assert r["restarts"] > 10 and not r["fallback_ever"], r
 
 
 async def test_streams_refused_at_open_still_fall_back_after_the_retries() -> None:

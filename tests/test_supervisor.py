@@ -340,6 +340,31 @@ async def test_failures_after_progress_never_reach_the_fallback(autojump_clock: 
             assert primaries[0] == 4
 
 
+async def test_restarts_after_progress_do_not_count_toward_intensity(autojump_clock: Any) -> None:
+    """Intensity stops crash loops: a child that fails every 2 s after doing useful
+    work runs on under ``intensity=3`` per 10 s; the same failures without progress
+    escalate."""
+    def tree(progress: bool) -> Supervisor:
+        log = Log()
+        return Supervisor(
+            "call",
+            [ChildSpec("w", lambda ctx: Progressing(log, "w", fail_after=2.0, progress=progress), stable_after=10.0)],
+            intensity=3,
+            period=10.0,
+        )
+
+    sup = tree(progress=True)
+    async with trio.open_nursery() as n:
+        await n.start(run_root, sup)
+        await trio.sleep(50)
+        sup.request_stop()
+    assert sup.exit_error is None and sup.total_restarts >= 20, (sup.exit_error, sup.total_restarts)
+    sup = tree(progress=False)
+    with pytest.raises(SupervisorEscalation, match="more than 3 restarts"):
+        await run_root(sup)
+    assert sup.total_restarts == 4
+
+
 async def test_progress_of_an_earlier_incarnation_does_not_excuse_a_later_one(autojump_clock: Any) -> None:
     """Progress is per incarnation: after one that progressed, four that cannot start
     (a refused open) still bring the fallback."""
