@@ -137,7 +137,7 @@ def test_a_live_call_shows_with_its_tree_then_its_waterfall(page: object, host: 
     env = {**os.environ, "TWILIO_AUTH_TOKEN": TWILIO_TOKEN}
     exe = str(Path(sys.executable).parent / "callengine")
     caller = subprocess.Popen(
-        [exe, "call", "--url", host.ws, "--say", "I have a leaking pipe in the kitchen", "--pause", "7",
+        [exe, "call", "--url", host.ws, "--say", "I have a leaking pipe in the kitchen", "--pause", "3",
          "--from", CALLER_NUMBER, "--reply-timeout", "60", "--json"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
