@@ -16,14 +16,17 @@ because each Quart layer cost a task switch per media message (issue 6).
 Everything else, lifespan included, still goes to Quart.
 
 The media handler (``_serve_media``) is the socket's one owner. It checks the
-upgrade (signature, capacity) and refuses it with 403 / 503 where the server
-supports HTTP refusals (else closes with 1008 / 1013), accepts, reads until
-``start`` (``admission.start_timeout_s``), then spawns the call tree and waits for it to
+upgrade (signature, then admission: ``engine.admission`` counts a call from
+here, with its caps on calls and on upgrades that have not started) and
+refuses it with 403 / 503 where the server supports HTTP refusals (else closes
+with 1008 / 1013, or 1001 while draining), accepts, reads until ``start``
+(``admission.start_timeout_s``), then spawns the call tree and waits for it to
 end. While the tree lives, the tree's transport reads and writes the socket
 through the handler's ``MediaSocket`` directly (no parsing, decoding or
 logging per frame here, and no task or channel in between). When the tree
-ends the handler plays the apology if the tree escalated and closes the
-socket; when the socket closes, the transport sees it and the tree ends. If
+ends the handler plays the apology if the tree escalated, or the closing line
+if a drain ended the call (``engine.drain``), and closes the socket; when the
+socket closes, the transport sees it and the tree ends. If
 the handler itself is cancelled while the tree lives (server shutdown), it
 detaches the socket and stops the tree before it leaves, so nothing uses the
 socket after its owner is gone.
