@@ -18,7 +18,8 @@ One sidecar per machine, not per worker: with ``--workers N`` every worker runs
 this actor, but only the one holding an exclusive lock on
 ``{data_dir}/whatsapp-sidecar.lock`` starts Node; the others stand by (status
 ``standby``) and take over within ``LOCK_RETRY_S`` if the owner dies (the
-kernel releases its lock).
+kernel releases its lock) or stops. The owner keeps the lock while it restarts
+a crashed sidecar, so the restart is its own (counted, with backoff).
 
 Secret: the host and the sidecar share ``CALLENGINE_SIDECAR_SECRET``; when it
 is not set, ``callengine serve`` generates one before any worker starts and
@@ -76,6 +77,10 @@ class SidecarStatus:
         self.last_exit: int | None = None
         self.me = ""
         self.queue = 0
+        # The machine-wide ownership lock, kept across incarnations: a crashed
+        # sidecar is restarted here (backoff, counted), not taken over by a
+        # standby worker. Released when the tree stops it (or the process ends).
+        self.lock_fd: int | None = None
 
     def view(self) -> dict[str, Any]:
         return {
@@ -101,7 +106,7 @@ class SidecarProcess(TrioActor):
         self._status = status
         self._http = http
         self._proc: trio.Process | None = None
-        self._lock_fd: int | None = None
+        self._exited = False
         url = urlparse(settings.whatsapp.sidecar_url)
         self._port = url.port or 3001
         self._base = f"http://127.0.0.1:{self._port}"
@@ -135,6 +140,7 @@ class SidecarProcess(TrioActor):
         status.last_exit = code
         status.pid = None
         status.state = "starting"
+        self._exited = True
         raise SidecarExited(f"whatsapp sidecar exited with status {code}")
 
     async def on_stop(self) -> None:
@@ -147,13 +153,16 @@ class SidecarProcess(TrioActor):
                 proc.kill()
                 await proc.wait()
             self._status.pid = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the lock
-            self._lock_fd = None
+        lock = self._status.lock_fd
+        if lock is not None and not self._exited:  # stopped, not crashed: let another worker take over
+            os.close(lock)  # releases the lock
+            self._status.lock_fd = None
 
     # ---- internals --------------------------------------------------------------------
 
     def _try_lock(self) -> bool:
+        if self._status.lock_fd is not None:
+            return True
         path = self._settings.data_path / "whatsapp-sidecar.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -162,7 +171,7 @@ class SidecarProcess(TrioActor):
         except OSError:
             os.close(fd)
             return False
-        self._lock_fd = fd
+        self._status.lock_fd = fd
         return True
 
     def _env(self) -> dict[str, str]:
