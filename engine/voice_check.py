@@ -188,6 +188,9 @@ def main(args: Any) -> int:
             "give a multilingual whisper model with --stt-model\n"
         )
         return 2
+    speaks = getattr(getattr(tts, "inner", tts), "speaks", None)
+    if speaks is not None and not speaks(language):
+        voice_name += f" (espeak-ng for {language})"
     results = check_lines(business_lines(business, short_lang(language)), tts=tts, stt=stt, language=language,
                           voice=business.voice)
     if args.json:
