@@ -178,7 +178,7 @@ def test_a_test_call_from_the_browser_microphone(page: object, host: HostProcess
     expect(page.locator("#testcall-status")).to_have_attribute("data-state", "live", timeout=15000)
 
     transcript = page.locator("#testcall-transcript")
-    expect(transcript.locator(".bubble.caller").first).to_contain_text("open", ignore_case=True, timeout=40000)
+    expect(transcript.locator(".bubble.caller").first).to_contain_text("open", ignore_case=True, timeout=60000)
     expect(transcript.locator(".bubble.agent").first).to_be_visible(timeout=20000)
     expect(transcript.locator(".waterfall .wf-row").first).to_be_visible(timeout=20000)
     facts = page.locator(".tc-facts")
