@@ -83,9 +83,13 @@ def test_metrics_are_exposed(host: HostProcess) -> None:
     assert "callengine_calls_total" in text and "callengine_latency_ms" in text
 
 
-def test_dashboard_is_served(host: HostProcess) -> None:
+def test_console_is_served(host: HostProcess) -> None:
     status, text = host.get("/", admin=False)
-    assert status == 200 and "<title>callengine</title>" in text
+    assert status == 200 and "<title>callengine · console</title>" in text and "/console/app.js" in text
+    status, js = host.get("/console/vendor/qrcodegen/qrcodegen.js", admin=False)
+    assert status == 200 and "encodeText" in js
+    for outside in ("/console/__init__.py", "/console/../host.py", "/console/%2e%2e/host.py", "/console/nope.js"):
+        assert host.get(outside, admin=False)[0] == 404, outside
 
 
 def _serve_fails(env_extra: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
