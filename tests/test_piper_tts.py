@@ -37,6 +37,15 @@ def test_output_is_8khz_mulaw_speech_in_100ms_chunks(piper: PiperTts) -> None:
     assert rms_pcm16(ulaw_decode(audio)) > 300  # speech, not silence
 
 
+def test_bad_voice_files_and_settings_are_clear_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "voice.onnx.json"
+    bad.write_text("{}", encoding="utf-8")
+    with pytest.raises(ProviderError, match="unreadable Piper voice config"):
+        PiperTts(config_path=bad)
+    with pytest.raises(ValueError):
+        PiperTts(slots=0)
+
+
 def test_the_voice_expects_its_phoneme_id_layout(piper: PiperTts) -> None:
     ids = piper.phoneme_ids("hˈaɪ\u2603")  # a symbol the voice lacks is skipped
     m = piper._id_map

@@ -189,8 +189,10 @@ class PiperTts:
         chunk_bytes: int = CHUNK_BYTES,
         g2p: object | None = None,
     ) -> None:
-        if threads < 1 or slots < 1 or min_clause_words < 1 or first_max_words < 0 or chunk_bytes <= 0 or cache_bytes < 0:
-            raise ValueError("threads, slots, min_clause_words, first_max_words, chunk_bytes and cache_bytes must be positive")
+        if min(threads, slots, min_clause_words, chunk_bytes) < 1 or min(first_max_words, cache_bytes) < 0:
+            raise ValueError(
+                "threads, slots, min_clause_words and chunk_bytes must be positive; first_max_words and cache_bytes >= 0"
+            )
         if model_path is None or config_path is None:
             dm, dc = default_voice_paths()
             model_path = model_path or dm
@@ -201,6 +203,7 @@ class PiperTts:
             self._id_map: dict[str, list[int]] = {k: list(v) for k, v in config["phoneme_id_map"].items()}
             self.sample_rate = int(config["audio"]["sample_rate"])
             inference = config.get("inference", {})
+            self._pad, self._bos, self._eos = (self._id_map[k][0] for k in ("_", "^", "$"))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ProviderError(f"unreadable Piper voice config {config_path}: {exc}") from exc
         if not model_path.is_file():
@@ -240,9 +243,6 @@ class PiperTts:
         self._slots = _PrioritySlots(slots)
         self._cache = _AudioCache(cache_bytes)
         self._first_max = first_max_words
-        self._pad = self._id_map["_"][0]
-        self._bos = self._id_map["^"][0]
-        self._eos = self._id_map["$"][0]
 
     def speaks(self, language: str) -> bool:
         """Whether this voice speaks ``language`` (BCP-47) itself (else the fallback does)."""
