@@ -72,11 +72,11 @@ __all__ = [
     "ChildSpec",
     "Supervisor",
     "SupervisorEscalation",
+    "OperatorRestart",
     "Backoff",
     "run_root",
 ]
 
-    "OperatorRestart",
 log = logging.getLogger("callengine.supervisor")
 
 
@@ -92,12 +92,12 @@ class Strategy(str, enum.Enum):
     ONE_FOR_ALL = "one_for_all"
 
 
-class SupervisorEscalation(Exception):
-    """A supervisor exceeded its restart intensity and gave up."""
-
-
 class OperatorRestart(Exception):
     """The reason given for a child restarted by ``Supervisor.restart_child``."""
+
+
+class SupervisorEscalation(Exception):
+    """A supervisor exceeded its restart intensity and gave up."""
 
 
 Factory = Callable[[ActorContext], "TrioActor | pykka.ActorRef[Any]"]
@@ -323,10 +323,6 @@ class Supervisor(TrioActor):
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # run() also checks the flag after every event
 
-    def snapshot(self) -> dict[str, Any]:
-        """The tree as plain data: role, kind, status, restarts, fallback, ..."""
-        now = trio.current_time()
-        return {
     def restart_child(self, role: str) -> bool:
         """Restart the running child ``role`` as if it had failed (an operator's
         action): stopped within its shutdown bound, then restarted by this
@@ -353,6 +349,10 @@ class Supervisor(TrioActor):
                     return found
         return None
 
+    def snapshot(self) -> dict[str, Any]:
+        """The tree as plain data: role, kind, status, restarts, fallback, ..."""
+        now = trio.current_time()
+        return {
             "role": self.name,
             "kind": "supervisor",
             "status": "running" if not self._finished.is_set() else "stopped",
@@ -361,11 +361,11 @@ class Supervisor(TrioActor):
             "abandoned": self.abandoned,
             "unknown_role_drops": self.unknown_role_drops,
             "fallback": False,
+            "fallback_active": False,
             "mailbox_depth": 0,
             "handled": 0,
             "last_error": repr(self.exit_error) if self.exit_error else "",
             "uptime_s": round(now - self._born, 3) if hasattr(self, "_born") else 0.0,
-            "fallback_active": False,
             "children": [self._slot_snapshot(self._slots[r], now) for r in self._order],
         }
 
@@ -397,16 +397,16 @@ class Supervisor(TrioActor):
                 elif kind == "timer":
                     role, generation, action = payload
                     await self._handle_timer(role, generation, action)
-                elif kind == "stop":
-                    return
-                if self._stop_requested:
-                    return
                 elif kind == "operator_restart":
                     role, generation = payload
                     slot = self._slots.get(role)
                     if slot is not None and slot.generation == generation and slot.status is _Status.RUNNING:
                         await self._stop_incarnation(slot)
                         await self._handle_exit(role, generation, OperatorRestart(f"{role} restarted by the operator"))
+                elif kind == "stop":
+                    return
+                if self._stop_requested:
+                    return
                 if self._escalation is not None:
                     raise self._escalation
                 if self._auto_shutdown_due():
@@ -768,21 +768,21 @@ class Supervisor(TrioActor):
         status = slot.status.value
         if slot.status is _Status.RUNNING and slot.fallback_active:
             status = "fallback"
+        details = getattr(slot.actor, "details", None)
         return {
+            **(details() if details is not None else {}),
             "role": slot.spec.role,
             "kind": kind,
             "status": status,
             "restarts": slot.restarts,
             "fallback": slot.fallback_active,
-        details = getattr(slot.actor, "details", None)
+            "fallback_active": slot.fallback_active,
             "fallbacks": slot.fallbacks,
-            **(details() if details is not None else {}),
             "probes": slot.probes,
             "mailbox_depth": slot.depth(),
             "handled": slot.handled(),
             "overflow": slot.overflow,
             "dropped": slot.dropped(),
-            "fallback_active": slot.fallback_active,
             "last_error": slot.last_error,
             "uptime_s": round(now - slot.started_at, 3) if slot.status is _Status.RUNNING else 0.0,
             "children": [],
