@@ -355,8 +355,11 @@ class VoiceActivityDetector:
             frame_voiced = True  # no pre-gate, or a size webrtcvad cannot judge
         else:
             # webrtcvad's mode 3 misses quiet voices (a whisper, a soft speaker): a
-            # frame above _PREGATE_RMS reaches silero whatever it says.
-            frame_voiced = rms > _PREGATE_RMS or self._webrtc.is_speech(pcm16_20ms, self.sample_rate)
+            # frame above _PREGATE_RMS that stands out of the line's noise floor
+            # reaches silero whatever it says (steady noise still does not).
+            frame_voiced = (rms > _PREGATE_RMS and rms > _QUIET_FLOOR * self._floor) or self._webrtc.is_speech(
+                pcm16_20ms, self.sample_rate
+            )
         self._window_voiced = self._window_voiced or frame_voiced
         events: list[SpeechStarted | SpeechEnded] = []
         window = self._window
