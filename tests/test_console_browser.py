@@ -8,8 +8,8 @@ wait on elements (locators), never on evaluated script strings.
 - without the token the console shows the gate and reads nothing; a wrong token
   is refused;
 - during a simulated phone call (``callengine call``) the call appears live on
-  its own with its actor tree, its turn's waterfall follows, and it turns to
-  ended by itself;
+  its own with its actor tree, its turn's waterfall follows; Restart on an
+  actor shows in the tree, and End call ends it (the list says so by itself);
 - a test call from the browser: Chromium's fake capture plays a WAV made with
   espeak-ng ("When are you open?") into the microphone, the console sends it as
   Twilio media, plays the agent's audio back and shows the transcript.
@@ -133,11 +133,11 @@ def test_console_refuses_data_without_the_token(page: object, host: HostProcess)
     expect(page.locator("#calls-list")).to_have_count(0)
 
 
-def test_a_live_call_shows_with_its_tree_then_its_waterfall(page: object, host: HostProcess) -> None:
+def test_a_live_call_shows_its_tree_and_waterfall_and_obeys_restart_and_end(page: object, host: HostProcess) -> None:
     env = {**os.environ, "TWILIO_AUTH_TOKEN": TWILIO_TOKEN}
     exe = str(Path(sys.executable).parent / "callengine")
     caller = subprocess.Popen(
-        [exe, "call", "--url", host.ws, "--say", "I have a leaking pipe in the kitchen", "--pause", "3",
+        [exe, "call", "--url", host.ws, "--say", "I have a leaking pipe in the kitchen", "--pause", "30",
          "--from", CALLER_NUMBER, "--reply-timeout", "60", "--json"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
@@ -160,9 +160,16 @@ def test_a_live_call_shows_with_its_tree_then_its_waterfall(page: object, host: 
         expect(turn.locator(".wf-row.slow")).to_have_count(1)  # exactly one stage is flagged slowest
         _shot(page, "console-live-call.png")
 
-        caller.communicate(timeout=90)
+        # Restart one actor through its supervisor: the tree shows it.
+        detail.locator('.tree .node[data-role="tts"] button').click()
+        expect(detail.locator('.tree .node[data-role="tts"] .restarts')).to_have_attribute("data-restarts", "1", timeout=15000)
+        # End the call (the caller would have stayed 30 s more): the list shows it ended on its own.
+        end = detail.locator("button.danger")
+        end.click()
+        end.click()  # the second click confirms
         ended = page.locator(f'#calls-list a.item[data-state="ended"]:has-text("{CALLER_NUMBER}")')
-        expect(ended).to_be_visible(timeout=30000)  # and turns to ended on its own
+        expect(ended).to_be_visible(timeout=15000)
+        caller.communicate(timeout=30)
     finally:
         if caller.poll() is None:
             caller.kill()

@@ -20,7 +20,7 @@ export function statusClass(status) {
 function stats(node) {
   const out = [];
   const restarts = Number(node.restarts || 0);
-  out.push(h("span", { class: `stat ${restarts ? "warn" : "quiet"}`, title: "restarts by its supervisor" }, `↻ ${restarts}`));
+  out.push(h("span", { class: `stat restarts ${restarts ? "warn" : "quiet"}`, title: "restarts by its supervisor", dataset: { restarts: String(restarts) } }, `↻ ${restarts}`));
   if (node.fallback_active || node.fallback === true) out.push(badge("fallback active", "warn", "a fallback provider is serving this role"));
   if (node.kind !== "supervisor" || node.mailbox_depth) {
     const depth = Number(node.mailbox_depth || 0);
