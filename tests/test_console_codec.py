@@ -20,7 +20,7 @@ import pytest
 
 from engine.audio import ulaw_decode, ulaw_encode
 
-G711 = (Path(__file__).resolve().parent.parent / "engine" / "console" / "g711.js").as_uri()
+G711 = Path(__file__).resolve().parent.parent / "engine" / "console" / "g711.js"
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is installed by `make test` (scripts/ensure-system.sh test)")
 
@@ -42,9 +42,12 @@ import(%s).then((m) => {
 """
 
 
-def _run(payload: dict) -> dict:
+def _run(payload: dict, tmp: Path) -> dict:
+    module = tmp / "g711.mjs"  # the same file, named so that any Node loads it as an ES module
+    shutil.copyfile(G711, module)
     proc = subprocess.run(
-        [NODE, "-e", SCRIPT % json.dumps(G711)], input=json.dumps(payload), capture_output=True, text=True, timeout=60
+        [NODE, "-e", SCRIPT % json.dumps(module.as_uri())], input=json.dumps(payload), capture_output=True, text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -56,10 +59,10 @@ def _tone(rate: int, hz: float, seconds: float = 0.5) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def node_out() -> dict:
+def node_out(tmp_path_factory: pytest.TempPathFactory) -> dict:
     samples = list(range(-32768, 32768, 7)) + [32767]
     tones = {"48000": _tone(48000, 1000) + _tone(48000, 6000), "44100": _tone(44100, 1000) + _tone(44100, 6000)}
-    out = _run({"samples": [s / 32767 for s in samples], "tones": tones})
+    out = _run({"samples": [s / 32767 for s in samples], "tones": tones}, tmp_path_factory.mktemp("node"))
     out["pcm"] = samples
     return out
 
