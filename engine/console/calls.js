@@ -35,7 +35,8 @@ export function normDetail(d) {
 }
 
 export function callTitle(c) {
-  return c.from ? ltr(c.from, "phone") : h("span", { class: "muted" }, c.custom && c.custom.testcall ? "browser" : "unknown caller");
+  if (c.from === "browser") return h("span", {}, "Test call ", h("span", { class: "muted" }, "(browser)"));
+  return c.from ? ltr(c.from, "phone") : h("span", { class: "muted" }, "unknown caller");
 }
 
 export function stateBadge(c) {
