@@ -28,7 +28,7 @@ class DecodeGate:
         self,
         slots: int,
         *,
-        partial_share: float = 0.75,
+        partial_share: float = 0.5,
         burst_s: float = 1.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -4,8 +4,8 @@ Whisper is a batch recognizer (``streaming = False``: the STT actor sends it onl
 speech, after a pre-roll, and calls ``end_utterance`` when the VAD says the caller
 stopped). It still gives partial transcripts (``partials = True``): while the
 caller speaks, the session re-decodes the whole utterance so far every
-``partial_interval_s`` of new audio, and sooner when the newest batch is quiet
-(a likely end of speech), and reports each new text as
+``partial_interval_s`` of new audio (from ``FIRST_PASS_S`` on), and sooner when the
+newest batch is quiet (a likely end of speech), and reports each new text as
 ``Transcript(is_final=False)``, the same message a streaming recognizer sends.
 
 Models (``engine.providers.whisper_model``): ``base`` (multilingual) by default,
@@ -83,13 +83,16 @@ REUSE_MAX_TAIL_S = 0.6
 REUSE_TAIL_RATIO = 0.1
 #: A pause-triggered pass needs at least this much audio since the last one began.
 MIN_PAUSE_PASS_S = 0.3
+#: No interval pass before this much audio (pre-roll included): a short answer ("yes",
+#: a name) gets only the pass at its pause, so its final never waits behind a partial.
+FIRST_PASS_S = 1.2
 
 _process_lock = threading.Lock()
 _gate: DecodeGate | None = None
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def process_gate(slots: int = 1, partial_share: float = 0.75) -> DecodeGate:
+def process_gate(slots: int = 1, partial_share: float = 0.5) -> DecodeGate:
     """The process's decode gate; the first call sizes it, later calls get the same one."""
     global _gate, _pool
     with _process_lock:
@@ -137,7 +140,7 @@ class WhisperStt:
         beam_size: int = 1,
         language: str = "",
         partial_interval_s: float = 0.6,
-        partial_share: float = 0.75,
+        partial_share: float = 0.5,
     ) -> None:
         if cpu_threads < 1 or num_workers < 1 or beam_size < 1:
             raise ValueError("cpu_threads, num_workers and beam_size must be >= 1")
@@ -294,10 +297,11 @@ class WhisperSession:
         self._cap = int(MAX_UTTERANCE_S * sample_rate) * 2
         self._interval = int(provider.partial_interval_s * sample_rate) * 2 if provider.partials else 0
         self._pause_min = int(MIN_PAUSE_PASS_S * sample_rate) * 2
+        self._first_pass = max(self._interval, int(FIRST_PASS_S * sample_rate) * 2) if self._interval else 0
         self.dropped_bytes = 0  # audio beyond the 30 s cap, over the session
         self._utterance = 1  # the utterance being heard now
         self._peak = 0.0  # loudest batch of this utterance (RMS)
-        self._next_pass_at = self._interval
+        self._next_pass_at = self._first_pass
         self._pass: _Pass | None = None  # the latest pass of this utterance
         self._partial_text = ""
         self._dead = False
@@ -351,7 +355,7 @@ class WhisperSession:
             self._buf.clear()
             self._utterance += 1
             self._peak = 0.0
-            self._next_pass_at = self._interval
+            self._next_pass_at = self._first_pass
             self._pass = None
             self._partial_text = ""
         text: str | None = None
