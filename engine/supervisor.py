@@ -1,4 +1,4 @@
-"""Supervision as data, with Erlang/OTP's exact meanings plus what calls need.
+"""Supervision as data, with Erlang/OTP's meanings plus what calls need.
 
 A ``Supervisor`` is itself a ``TrioActor``, so trees nest: the process has a
 call supervisor whose (temporary, dynamic) children are per-call supervisors,
@@ -6,40 +6,32 @@ whose children are the call's actors. Children start in spec order, each
 ``start`` returning only once the child is ready (OTP's synchronous start), and
 stop in reverse order.
 
-Semantics, stated precisely (OTP ``supervisor`` unless noted):
+The decisions (child specs and their validation, restart intensity, backoff,
+retry before fallback, the half-open probe, what progress excuses) are pure code
+in ``engine.restart_policy``, which states them precisely; this module carries
+them out with trio and pykka. What it adds:
 
 - ``restart``: ``permanent`` children are always restarted; ``transient`` ones
-  only after an abnormal exit (an exception); ``temporary`` ones never.
-- ``significant`` + the supervisor's ``auto_shutdown``: when a significant child
-  exits normally and ``auto_shutdown`` is ``any_significant`` (or
-  ``all_significant`` and it was the last one), the supervisor stops its other
-  children and exits normally. A call's transport is significant: when the
-  caller hangs up, the tree ends.
+  only after an abnormal exit (an exception); ``temporary`` ones never, and
+  leave no trace.
+- ``significant`` + ``auto_shutdown`` (``AutoShutdown``): a significant child
+  ends when a transient one exits normally or a temporary one exits for any
+  reason; the supervisor then stops its other children and exits normally if
+  ``auto_shutdown`` is ``any_significant``, or ``all_significant`` and no other
+  significant child is left. Only exits of the child's own count, never stops
+  the supervisor makes. A call's transport is significant: when the caller
+  hangs up, the tree ends.
 - ``strategy``: ``one_for_one`` restarts only the failed child;
   ``rest_for_one`` stops the children started after it (in reverse order) and
   restarts the failed child and then those, in order; ``one_for_all`` does so
-  for every child.
-- Restart intensity: if more than ``intensity`` restarts happen within
-  ``period`` seconds, the supervisor stops all children and fails with
+  for every child. Temporary children among those stopped are not restarted:
+  they are removed, as in OTP.
+- Restart intensity: past it the supervisor stops all children and fails with
   ``SupervisorEscalation``; its parent then applies its own policy. Limits
-  multiply across levels, as in OTP. A restart after progress (below) is not
-  counted: intensity stops crash loops, and a child that keeps doing useful
-  work between failures is not in one.
-- Backoff (Akka's ``restartWithBackoff``): restart ``n`` of a child waits
-  ``min(backoff_max, backoff_base * 2**(n-1)) * uniform(1, 1 + jitter)``; ``n``
-  counts consecutive failures and resets once the child has run for
-  ``stable_after`` seconds. A failure of an incarnation that reported progress
-  (``ActorContext.report_progress``: e.g. a recognition stream that carried new
-  audio before it died; a crash loop never does) resets it to zero and is not
-  counted: it is restarted after the first backoff step.
-- Retry before fallback: a child spec with a ``fallback`` factory is restarted
-  ``max_retries`` times (consecutive failures, counted as for backoff: a failure
-  after progress is not counted); the next failure starts the fallback
-  in the same slot at once (no backoff: the call must not go quiet). After
-  ``probe_interval`` the slot is half-open: the primary is started again in
-  place of the fallback; if it runs ``probe_hold`` seconds it is kept (closed),
-  and if it fails within that time the fallback comes back immediately and the
-  next probe is scheduled. Failures of a probe count toward intensity like any restart.
+  multiply across levels, as in OTP.
+- Backoff waits are timers in this supervisor's nursery; a fallback starts at
+  once (the call must not go quiet). Failures of a probe count toward
+  intensity like any restart.
 - Role addressing: ``tell_role(role, msg)`` delivers to whatever incarnation is
   in the slot. While the slot has no running child (starting, restarting,
   backing off) messages are buffered, at most ``buffer`` of them; beyond that
@@ -58,17 +50,29 @@ import logging
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Mapping
 
 import pykka
 import trio
 
 from engine.actor import ActorContext, TrioActor
+from engine.restart_policy import (
+    Action,
+    AutoShutdown,
+    Backoff,
+    ChildSpec,
+    Restart,
+    RestartIntensity,
+    SlotPolicy,
+    Strategy,
+    as_enum,
+    check_children,
+)
 
 __all__ = [
     "Restart",
     "Strategy",
+    "AutoShutdown",
     "ChildSpec",
     "Supervisor",
     "SupervisorEscalation",
@@ -80,18 +84,6 @@ __all__ = [
 log = logging.getLogger("callengine.supervisor")
 
 
-class Restart(str, enum.Enum):
-    PERMANENT = "permanent"
-    TRANSIENT = "transient"
-    TEMPORARY = "temporary"
-
-
-class Strategy(str, enum.Enum):
-    ONE_FOR_ONE = "one_for_one"
-    REST_FOR_ONE = "rest_for_one"
-    ONE_FOR_ALL = "one_for_all"
-
-
 class OperatorRestart(Exception):
     """The reason given for a child restarted by ``Supervisor.restart_child``."""
 
@@ -100,40 +92,7 @@ class SupervisorEscalation(Exception):
     """A supervisor exceeded its restart intensity and gave up."""
 
 
-Factory = Callable[[ActorContext], "TrioActor | pykka.ActorRef[Any]"]
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    base: float = 0.2
-    max: float = 5.0
-    jitter: float = 0.2  # fraction added on top: delay * uniform(1, 1 + jitter)
-
-    def delay(self, n: int, rng: random.Random | None = None) -> float:
-        """Delay before restart number ``n`` (1-based) of consecutive failures."""
-        d = min(self.max, self.base * (2 ** max(0, n - 1)))
-        r = (rng or random).random()
-        return d * (1.0 + self.jitter * r)
-
-
-@dataclass(frozen=True, slots=True)
-class ChildSpec:
-    role: str
-    factory: Factory
-    restart: Restart = Restart.PERMANENT
-    fallback: Factory | None = None
-    max_retries: int = 3  # restarts of the primary before the fallback takes over
-    backoff: Backoff = field(default_factory=Backoff)
-    stable_after: float = 10.0
-    probe_interval: float = 30.0
-    probe_hold: float = 5.0
-    significant: bool = False
-    shutdown: float = 2.0
-    buffer: int = 256
-    start_timeout: float = 10.0
-
-
-class _Status(str, enum.Enum):
+class SlotStatus(str, enum.Enum):
     STARTING = "starting"
     RUNNING = "running"
     BACKOFF = "backoff"
@@ -141,12 +100,16 @@ class _Status(str, enum.Enum):
     FAILED = "failed"
 
 
-class _Slot:
-    """One child position: the spec, the live incarnation, and its history."""
+class Slot:
+    """One child position: the spec, the live incarnation, and its history.
 
-    def __init__(self, spec: ChildSpec) -> None:
+    Internal to supervisors (this module's and ``engine.dynamic_supervisor``'s);
+    trio thread only."""
+
+    def __init__(self, spec: ChildSpec, give_up_after: int | None = None) -> None:
         self.spec = spec
-        self.status = _Status.STOPPED
+        self.policy = SlotPolicy(spec, give_up_after=give_up_after)
+        self.status = SlotStatus.STOPPED
         self.generation = 0
         self.actor: TrioActor | None = None
         self.ref: pykka.ActorRef[Any] | None = None
@@ -156,12 +119,6 @@ class _Slot:
         self.ready: trio.Event | None = None
         self.start_error: BaseException | None = None
         self.stop_requested = False
-        self.restarts = 0
-        self.failures = 0  # consecutive, for backoff and fallback decisions
-        self.fallback_active = False
-        self.probing = False
-        self.fallbacks = 0
-        self.probes = 0
         self.last_error = ""
         self.started_at = 0.0  # trio clock
         self.run_since: float | None = None  # trio clock; None unless this incarnation got running
@@ -173,8 +130,16 @@ class _Slot:
         self.pending_timer: trio.CancelScope | None = None
 
     @property
+    def fallback_active(self) -> bool:
+        return self.policy.fallback_active
+
+    @property
+    def restarts(self) -> int:
+        return self.policy.restarts
+
+    @property
     def live(self) -> bool:
-        return self.status is _Status.RUNNING
+        return self.status is SlotStatus.RUNNING
 
     def handled(self) -> int:
         n = self.handled_before
@@ -213,25 +178,29 @@ class Supervisor(TrioActor):
         strategy: Strategy = Strategy.ONE_FOR_ONE,
         intensity: int = 3,
         period: float = 5.0,
-        auto_shutdown: str = "never",  # "never" | "any_significant" | "all_significant"
+        auto_shutdown: AutoShutdown | str = AutoShutdown.NEVER,
         env: Mapping[str, Any] | None = None,
         rng: random.Random | None = None,
         on_exit: Callable[["Supervisor", BaseException | None], None] | None = None,
         on_event: Callable[[str, str], None] | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"supervisor name must be a non-empty string; got {name!r}")
         self.name = name
-        self.strategy = Strategy(strategy)
+        self.strategy = as_enum(Strategy, "strategy", strategy)
+        self.auto_shutdown = as_enum(AutoShutdown, "auto_shutdown", auto_shutdown)
+        self._intensity = RestartIntensity(intensity, period)
         self.intensity = intensity
         self.period = period
-        self.auto_shutdown = auto_shutdown
+        children = list(children)
+        check_children(children, self.auto_shutdown)
         self.env: Mapping[str, Any] = env if env is not None else {}
         self._rng = rng or random.Random()
-        self._slots: dict[str, _Slot] = {}
+        self._slots: dict[str, Slot] = {}
         self._order: list[str] = []
         for spec in children:
             self._add_slot(spec)
-        self._restart_times: deque[float] = deque()
         self._events_send, self._events_recv = trio.open_memory_channel[Any](1024)
         self._escalation: SupervisorEscalation | None = None
         self._finished = trio.Event()
@@ -241,11 +210,15 @@ class Supervisor(TrioActor):
         # on_event(role, what): "restart" | "fallback" | "probe" | "restored" |
         # "escalated", for metrics. Called on the trio thread; must be cheap.
         self._on_event = on_event
-        self.total_restarts = 0
         self.unknown_role_drops = 0  # messages for a role this supervisor does not have
         self.abandoned = 0  # children that did not stop within their shutdown bound
         self._significant_exited = 0
         self.exit_error: BaseException | None = None
+
+    @property
+    def total_restarts(self) -> int:
+        """Restarts this supervisor made, counted toward intensity or not."""
+        return self._intensity.total
 
     # ------------------------------------------------------------------ public API
 
@@ -262,7 +235,7 @@ class Supervisor(TrioActor):
         if slot is None:
             self.unknown_role_drops += 1
             return
-        if slot.status is _Status.RUNNING:
+        if slot.status is SlotStatus.RUNNING:
             if slot.actor is not None:
                 slot.actor.deliver(msg)
                 return
@@ -272,7 +245,7 @@ class Supervisor(TrioActor):
                     return
                 except pykka.ActorDeadError:
                     pass  # died; its exit report is on the way: buffer below
-        if slot.status is _Status.STOPPED and slot.spec.restart is Restart.TEMPORARY:
+        if slot.status is SlotStatus.STOPPED and slot.spec.restart is Restart.TEMPORARY:
             slot.overflow += 1
             return
         if len(slot.buffer) >= slot.spec.buffer:
@@ -283,10 +256,12 @@ class Supervisor(TrioActor):
     async def start_child(self, spec: ChildSpec) -> None:
         """Add and start a dynamic child (e.g. one call tree). Returns once ready.
 
-        Raises ``ValueError`` if the role is taken by a live child.
+        Raises ``ValueError`` if the role is taken by a live child, or if the
+        spec cannot be a child of this supervisor (``check_children``).
         """
+        check_children([spec], self.auto_shutdown)
         existing = self._slots.get(spec.role)
-        if existing is not None and existing.status is not _Status.STOPPED:
+        if existing is not None and existing.status is not SlotStatus.STOPPED:
             raise ValueError(f"role {spec.role!r} already running")
         if existing is not None:
             self._remove_slot(spec.role)
@@ -330,7 +305,7 @@ class Supervisor(TrioActor):
         exactly like a crash, so the tree shows it. False (nothing done) when
         the role is unknown or its child is not running. Trio thread only."""
         slot = self._slots.get(role)
-        if slot is None or slot.status is not _Status.RUNNING or self._stop_requested:
+        if slot is None or slot.status is not SlotStatus.RUNNING or self._stop_requested:
             return False
         try:
             self._events_send.send_nowait(("operator_restart", (role, slot.generation)))
@@ -400,7 +375,7 @@ class Supervisor(TrioActor):
                 elif kind == "operator_restart":
                     role, generation = payload
                     slot = self._slots.get(role)
-                    if slot is not None and slot.generation == generation and slot.status is _Status.RUNNING:
+                    if slot is not None and slot.generation == generation and slot.status is SlotStatus.RUNNING:
                         await self._stop_incarnation(slot)
                         await self._handle_exit(role, generation, OperatorRestart(f"{role} restarted by the operator"))
                 elif kind == "stop":
@@ -434,7 +409,7 @@ class Supervisor(TrioActor):
         slot = self._slots.get(role)
         if slot is None or slot.generation != generation:
             return  # a late report from a replaced incarnation
-        if slot.status is _Status.STARTING and slot.ready is not None:
+        if slot.status is SlotStatus.STARTING and slot.ready is not None:
             slot.start_error = error or RuntimeError("exited during start")
             slot.ready.set()
         if slot.done is not None:
@@ -448,8 +423,8 @@ class Supervisor(TrioActor):
 
     # ------------------------------------------------------------------ internals
 
-    def _add_slot(self, spec: ChildSpec) -> _Slot:
-        slot = _Slot(spec)
+    def _add_slot(self, spec: ChildSpec, give_up_after: int | None = None) -> Slot:
+        slot = Slot(spec, give_up_after)
         self._slots[spec.role] = slot
         self._order.append(spec.role)
         return slot
@@ -459,13 +434,13 @@ class Supervisor(TrioActor):
         if role in self._order:
             self._order.remove(role)
 
-    async def _start_slot(self, slot: _Slot) -> None:
+    async def _start_slot(self, slot: Slot) -> None:
         """Start the slot's current factory; on start failure handle it as an exit."""
         spec = slot.spec
         factory = spec.fallback if (slot.fallback_active and spec.fallback) else spec.factory
         slot.generation += 1
         gen = slot.generation
-        slot.status = _Status.STARTING
+        slot.status = SlotStatus.STARTING
         slot.run_since = None
         slot.stop_requested = False
         slot.start_error = None
@@ -481,7 +456,7 @@ class Supervisor(TrioActor):
         try:
             made = factory(ctx)
         except Exception as exc:  # noqa: BLE001 - a factory failure is a child failure
-            slot.status = _Status.STOPPED
+            slot.status = SlotStatus.STOPPED
             slot.done.set()
             self._events_send.send_nowait(("exit", (spec.role, gen, exc)))
             return
@@ -499,7 +474,7 @@ class Supervisor(TrioActor):
             slot.ref = made
             slot.cancel_scope = None
         else:
-            slot.status = _Status.STOPPED
+            slot.status = SlotStatus.STOPPED
             slot.done.set()
             self._events_send.send_nowait(
                 ("exit", (spec.role, gen, TypeError(f"factory for {spec.role} returned {type(made).__name__}")))
@@ -513,14 +488,14 @@ class Supervisor(TrioActor):
             self._events_send.send_nowait(("exit", (spec.role, gen, slot.start_error)))
             return
         if slot.start_error is not None:
-            slot.status = _Status.STOPPED
+            slot.status = SlotStatus.STOPPED
             return  # the exit report is already queued
-        slot.status = _Status.RUNNING
+        slot.status = SlotStatus.RUNNING
         slot.started_at = trio.current_time()
         slot.run_since = slot.started_at
         slot.wall_started = time.time()
         # Flush what arrived while the slot had no running child, in order.
-        while slot.buffer and slot.status is _Status.RUNNING:
+        while slot.buffer and slot.status is SlotStatus.RUNNING:
             msg = slot.buffer.popleft()
             if slot.actor is not None:
                 slot.actor.deliver(msg)
@@ -533,7 +508,7 @@ class Supervisor(TrioActor):
 
     async def _run_trio_child(
         self,
-        slot: _Slot,
+        slot: Slot,
         actor: TrioActor,
         gen: int,
         scope: trio.CancelScope,
@@ -579,7 +554,7 @@ class Supervisor(TrioActor):
         if slot is None or slot.generation != generation:
             return
         spec = slot.spec
-        slot.status = _Status.STOPPED
+        slot.status = SlotStatus.STOPPED
         now = trio.current_time()
         if error is not None:
             slot.last_error = f"{type(error).__name__}: {error}"
@@ -587,16 +562,18 @@ class Supervisor(TrioActor):
                 "child failed",
                 extra={"supervisor": self.name, "role": role, "error": slot.last_error},
             )
-        # Decide whether to restart.
         if spec.restart is Restart.TEMPORARY or (spec.restart is Restart.TRANSIENT and error is None):
-            if spec.significant and error is None:
+            # Not restarted. A significant child has ended by itself (OTP: a
+            # transient one normally, a temporary one for any reason).
+            if spec.significant:
                 self._significant_exited += 1
             if spec.restart is Restart.TEMPORARY and not spec.significant:
                 self._remove_slot(role)  # dynamic children leave no trace
             return
-        # Intensity (OTP): more than `intensity` restarts within `period` -> give up.
+        # A failure after progress is restarted but counted toward neither the
+        # intensity nor the fallback (engine.restart_policy).
         progressed = slot.ctx is not None and slot.ctx.generation == generation and slot.ctx.progressed
-        if not self._note_restart(now, counted=not progressed):
+        if not self._intensity.note(now, counted=not progressed):
             self._escalation = SupervisorEscalation(
                 f"{self.name}: more than {self.intensity} restarts in {self.period}s (last: {role}: {slot.last_error})"
             )
@@ -605,31 +582,25 @@ class Supervisor(TrioActor):
         # How long the incarnation that just exited ran; 0 when it failed to start
         # (an earlier incarnation's long run must not reset the failure count).
         uptime = now - slot.run_since if slot.run_since is not None else 0.0
-        if slot.probing:
-            # Half-open probe failed: back to the fallback at once.
-            slot.probing = False
-            slot.fallback_active = True
-            slot.restarts += 1
+        was_probing = slot.policy.probing
+        decision = slot.policy.on_failure(uptime=uptime, progressed=progressed, rng=self._rng)
+        if decision.action is Action.GIVE_UP:
+            await self._give_up(slot, error)
+            return
+        if not was_probing:
+            self._event(role, "restart")
+        if decision.action is Action.FALLBACK:
             self._event(role, "fallback")
+            if not was_probing:
+                log.warning("switching to fallback", extra={"supervisor": self.name, "role": role})
             await self._restart_group(slot, delay=0.0)
             self._schedule(slot, spec.probe_interval, "probe")
             return
-        if uptime >= spec.stable_after or progressed:
-            slot.failures = 0
-        if not progressed:  # a failure after progress is not one of a consecutive run
-            slot.failures += 1
-        slot.restarts += 1
-        self._event(role, "restart")
-        if spec.fallback is not None and not slot.fallback_active and slot.failures > spec.max_retries:
-            slot.fallback_active = True
-            slot.fallbacks += 1
-            self._event(role, "fallback")
-            slot.failures = 0
-            log.warning("switching to fallback", extra={"supervisor": self.name, "role": role})
-            await self._restart_group(slot, delay=0.0)
-            self._schedule(slot, spec.probe_interval, "probe")
-            return
-        await self._restart_group(slot, delay=spec.backoff.delay(slot.failures, self._rng))
+        await self._restart_group(slot, delay=decision.delay)
+
+    async def _give_up(self, slot: Slot, error: BaseException | None) -> None:
+        """``SlotPolicy`` gave the child up (only with ``give_up_after``, see subclasses)."""
+        self._remove_slot(slot.spec.role)
 
     def _event(self, role: str, what: str) -> None:
         if self._on_event is not None:
@@ -638,25 +609,21 @@ class Supervisor(TrioActor):
             except Exception:  # noqa: BLE001 - metrics must never break supervision
                 log.debug("on_event hook failed", exc_info=True)
 
-    def _note_restart(self, now: float, *, counted: bool = True) -> bool:
-        self.total_restarts += 1
-        if counted:
-            self._restart_times.append(now)
-        while self._restart_times and now - self._restart_times[0] > self.period:
-            self._restart_times.popleft()
-        return len(self._restart_times) <= self.intensity
-
-    async def _restart_group(self, slot: _Slot, delay: float) -> None:
+    async def _restart_group(self, slot: Slot, delay: float) -> None:
         """Restart ``slot`` (and its later siblings for rest_for_one / all for one_for_all)."""
         group = self._group_for(slot.spec.role)
         # Stop the others in reverse order (the failed one is already down).
+        # Temporary ones are stopped too, and removed instead of restarted (OTP).
         for role in reversed(group):
             other = self._slots[role]
-            if other is not slot and other.status in (_Status.RUNNING, _Status.STARTING):
+            if other is not slot and other.status in (SlotStatus.RUNNING, SlotStatus.STARTING):
                 await self._stop_incarnation(other)
+            if other.spec.restart is Restart.TEMPORARY:
+                self._remove_slot(role)
+        group = [r for r in group if r in self._slots]
         if delay > 0:
             for role in group:
-                self._slots[role].status = _Status.BACKOFF
+                self._slots[role].status = SlotStatus.BACKOFF
             self._schedule(slot, delay, "restart")
             return
         for role in group:
@@ -667,13 +634,10 @@ class Supervisor(TrioActor):
             return [role]
         if self.strategy is Strategy.REST_FOR_ONE:
             i = self._order.index(role)
-            return [r for r in self._order[i:] if self._restartable(r)]
-        return [r for r in self._order if self._restartable(r)]
+            return list(self._order[i:])
+        return list(self._order)
 
-    def _restartable(self, role: str) -> bool:
-        return self._slots[role].spec.restart is not Restart.TEMPORARY
-
-    def _schedule(self, slot: _Slot, delay: float, action: str) -> None:
+    def _schedule(self, slot: Slot, delay: float, action: str) -> None:
         gen = slot.generation
         role = slot.spec.role
 
@@ -690,30 +654,27 @@ class Supervisor(TrioActor):
         slot = self._slots.get(role)
         if slot is None:
             return
-        if action == "restart" and slot.generation == generation and slot.status is _Status.BACKOFF:
+        if action == "restart" and slot.generation == generation and slot.status is SlotStatus.BACKOFF:
             for r in self._group_for(role):
-                if self._slots[r].status in (_Status.BACKOFF, _Status.STOPPED):
+                other = self._slots[r]
+                if other.spec.restart is not Restart.TEMPORARY and other.status in (SlotStatus.BACKOFF, SlotStatus.STOPPED):
                     await self._start_slot(self._slots[r])
-        elif action == "probe" and slot.fallback_active and slot.status is not _Status.RUNNING:
+        elif action == "probe" and slot.fallback_active and slot.status is not SlotStatus.RUNNING:
             # The fallback itself is restarting: probe once it has had another interval.
             self._schedule(slot, slot.spec.probe_interval, "probe")
-        elif action == "probe" and slot.fallback_active and slot.status is _Status.RUNNING:
-            slot.probes += 1
+        elif action == "probe" and slot.fallback_active and slot.status is SlotStatus.RUNNING:
             self._event(role, "probe")
             await self._stop_incarnation(slot)
-            slot.fallback_active = False
-            slot.probing = True
+            slot.policy.start_probe()
             await self._start_slot(slot)
-            if slot.status is _Status.RUNNING:
+            if slot.status is SlotStatus.RUNNING:
                 self._schedule(slot, slot.spec.probe_hold, "probe_hold")
-        elif action == "probe_hold" and slot.probing and slot.generation == generation:
-            if slot.status is _Status.RUNNING:
-                slot.probing = False
-                slot.failures = 0
+        elif action == "probe_hold" and slot.policy.probing and slot.generation == generation:
+            if slot.status is SlotStatus.RUNNING and slot.policy.probe_held():
                 self._event(role, "restored")
                 log.warning("primary restored", extra={"supervisor": self.name, "role": role})
 
-    async def _stop_incarnation(self, slot: _Slot) -> None:
+    async def _stop_incarnation(self, slot: Slot) -> None:
         """Stop the slot's running child within its shutdown bound."""
         slot.stop_requested = True
         if slot.actor is not None and slot.cancel_scope is not None:
@@ -737,28 +698,28 @@ class Supervisor(TrioActor):
         slot.actor = None
         slot.ref = None
         slot.ctx = None  # its count is in handled_before now
-        slot.status = _Status.STOPPED
+        slot.status = SlotStatus.STOPPED
 
     async def _stop_all(self) -> None:
         for role in reversed(list(self._order)):
             slot = self._slots.get(role)
-            if slot is not None and slot.status in (_Status.RUNNING, _Status.STARTING):
+            if slot is not None and slot.status in (SlotStatus.RUNNING, SlotStatus.STARTING):
                 await self._stop_incarnation(slot)
             elif slot is not None:
-                slot.status = _Status.STOPPED
+                slot.status = SlotStatus.STOPPED
 
     def _auto_shutdown_due(self) -> bool:
         exited = self._significant_exited
-        if not exited or self.auto_shutdown == "never":
+        if not exited or self.auto_shutdown is AutoShutdown.NEVER:
             return False
-        if self.auto_shutdown == "any_significant":
+        if self.auto_shutdown is AutoShutdown.ANY_SIGNIFICANT:
             return True
         remaining = [
-            s for s in self._slots.values() if s.spec.significant and s.status is not _Status.STOPPED
+            s for s in self._slots.values() if s.spec.significant and s.status is not SlotStatus.STOPPED
         ]
         return not remaining
 
-    def _slot_snapshot(self, slot: _Slot, now: float) -> dict[str, Any]:
+    def _slot_snapshot(self, slot: Slot, now: float) -> dict[str, Any]:
         if slot.actor is not None and isinstance(slot.actor, Supervisor):
             snap = slot.actor.snapshot()
             snap["role"] = slot.spec.role
@@ -766,7 +727,7 @@ class Supervisor(TrioActor):
             return snap
         kind = slot.actor.kind if slot.actor is not None else ("pykka" if slot.ref is not None else "-")
         status = slot.status.value
-        if slot.status is _Status.RUNNING and slot.fallback_active:
+        if slot.status is SlotStatus.RUNNING and slot.fallback_active:
             status = "fallback"
         details = getattr(slot.actor, "details", None)
         return {
@@ -777,14 +738,14 @@ class Supervisor(TrioActor):
             "restarts": slot.restarts,
             "fallback": slot.fallback_active,
             "fallback_active": slot.fallback_active,
-            "fallbacks": slot.fallbacks,
-            "probes": slot.probes,
+            "fallbacks": slot.policy.fallbacks,
+            "probes": slot.policy.probes,
             "mailbox_depth": slot.depth(),
             "handled": slot.handled(),
             "overflow": slot.overflow,
             "dropped": slot.dropped(),
             "last_error": slot.last_error,
-            "uptime_s": round(now - slot.started_at, 3) if slot.status is _Status.RUNNING else 0.0,
+            "uptime_s": round(now - slot.started_at, 3) if slot.status is SlotStatus.RUNNING else 0.0,
             "children": [],
         }
 

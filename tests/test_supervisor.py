@@ -19,6 +19,7 @@ import trio
 
 from engine.actor import PykkaActor, TrioActor
 from engine.supervisor import (
+    AutoShutdown,
     Backoff,
     ChildSpec,
     Restart,
@@ -724,6 +725,105 @@ async def test_all_significant_waits_for_the_last_one(autojump_clock: Any) -> No
         sup.tell_role("s2", "exit")
         await sup.wait_finished()
     assert log.of("stop", "other")
+
+
+async def test_temporary_significant_child_ends_the_tree_even_when_it_fails(autojump_clock: Any) -> None:
+    """OTP: a temporary significant child ends by exiting for any reason, so its
+    failure triggers ``any_significant`` too (it is never restarted)."""
+    log = Log()
+    sup = Supervisor(
+        "t",
+        [
+            ChildSpec("a", lambda ctx: Recorded(log, "a")),
+            ChildSpec("tmp", lambda ctx: Recorded(log, "tmp"), restart=Restart.TEMPORARY, significant=True),
+        ],
+        auto_shutdown=AutoShutdown.ANY_SIGNIFICANT,
+    )
+    async with trio.open_nursery() as n:
+        await n.start(run_root, sup)
+        sup.tell_role("tmp", "fail")
+        with trio.fail_after(5):
+            await sup.wait_finished()
+    assert sup.exit_error is None  # a normal shutdown, not an escalation
+    assert len(log.of("start", "tmp")) == 1 and log.of("stop", "a")
+
+
+async def test_a_significant_child_stopped_by_its_supervisor_does_not_end_the_tree(autojump_clock: Any) -> None:
+    """OTP: only a significant child's own exit counts; one_for_all stopping it does not."""
+    log = Log()
+    sup = Supervisor(
+        "t",
+        [
+            ChildSpec("sig", lambda ctx: Recorded(log, "sig"), restart=Restart.TRANSIENT, significant=True),
+            ChildSpec("w", lambda ctx: Recorded(log, "w"), backoff=Backoff(0.1, 0.1, 0.0)),
+        ],
+        strategy=Strategy.ONE_FOR_ALL,
+        auto_shutdown="any_significant",
+    )
+    async with trio.open_nursery() as n:
+        await n.start(run_root, sup)
+        sup.tell_role("w", "fail")
+        await trio.sleep(1)
+        assert not sup._finished.is_set()
+        assert len(log.of("start", "sig")) == 2  # stopped with the group, restarted with it
+        sup.request_stop()
+
+
+@pytest.mark.parametrize("strategy", [Strategy.REST_FOR_ONE, Strategy.ONE_FOR_ALL])
+async def test_group_restart_stops_temporary_siblings_and_does_not_restart_them(
+    autojump_clock: Any, strategy: Strategy
+) -> None:
+    """OTP: with rest_for_one (and one_for_all) a temporary child in the group is
+    terminated with the others and removed, not restarted."""
+    log = Log()
+    roles = ["c1", "c2", "tmp", "c4"]
+    sup = Supervisor(
+        "t",
+        [
+            ChildSpec(
+                r,
+                (lambda role: lambda ctx: Recorded(log, role))(r),
+                restart=Restart.TEMPORARY if r == "tmp" else Restart.PERMANENT,
+                backoff=Backoff(0.1, 0.1, 0.0),
+            )
+            for r in roles
+        ],
+        strategy=strategy,
+    )
+    async with trio.open_nursery() as n:
+        await n.start(run_root, sup)
+        mark = len(log.events)
+        sup.tell_role("c2", "fail")
+        await trio.sleep(1)
+        seq = log.sequence(mark)
+        assert seq[:3] == [("stop", "c2"), ("stop", "c4"), ("stop", "tmp")]
+        assert ("start", "tmp") not in seq and ("start", "c4") in seq
+        assert "tmp" not in sup.roles() and sup.child("tmp") is None
+        sup.request_stop()
+
+
+def test_supervisor_arguments_are_validated() -> None:
+    with pytest.raises(ValueError, match="auto_shutdown must be one of never, any_significant, all_significant"):
+        Supervisor("t", [], auto_shutdown="any")
+    with pytest.raises(ValueError, match="strategy"):
+        Supervisor("t", [], strategy="simple_one_for_one")
+    assert Supervisor("t", [], auto_shutdown="all_significant").auto_shutdown is AutoShutdown.ALL_SIGNIFICANT
+    with pytest.raises(ValueError, match="'w': role is not unique"):
+        Supervisor("t", [ChildSpec("w", lambda ctx: None), ChildSpec("w", lambda ctx: None)])
+    with pytest.raises(ValueError, match="significant requires auto_shutdown"):
+        Supervisor("t", [ChildSpec("w", lambda ctx: None, restart=Restart.TRANSIENT, significant=True)])
+    with pytest.raises(ValueError, match="intensity"):
+        Supervisor("t", [], intensity=-1)
+
+
+async def test_start_child_validates_against_the_supervisor(autojump_clock: Any) -> None:
+    sup = Supervisor("t", [])
+    async with trio.open_nursery() as n:
+        await n.start(run_root, sup)
+        with pytest.raises(ValueError, match="significant requires auto_shutdown"):
+            await sup.start_child(ChildSpec("x", lambda ctx: None, restart=Restart.TEMPORARY, significant=True))
+        assert sup.roles() == []
+        sup.request_stop()
 
 
 # ---------------------------------------------------------------- role addressing, buffers
