@@ -70,6 +70,11 @@ from engine.messages import (
 )
 
 
+#: A frame counts as the caller's voice only above -60 dBFS and 3x the line's noise floor.
+_VOICE_MIN = 0.001
+_FLOOR_RATIO = 3.0
+
+
 class Decoder(TrioActor):
     """Decode, VAD and batch caller frames (see module docstring). Trio thread."""
 
@@ -105,7 +110,7 @@ class Decoder(TrioActor):
         # twice that (a caller over echo has quieter frames between).
         self._need = max(1, -(-barge_in_min_ms // 20))
         self._within = max(2 * self._need, self._need + 5)
-        self._recent: deque[tuple[float, bool | None]] = deque(maxlen=64)  # (frame end, gate verdict)
+        self._recent: deque[tuple[float, bool]] = deque(maxlen=64)  # (frame end, the caller's voice)
         self._confirmed = False  # in speech that is the caller's
         self._suspect: float | None = None  # start of speech not yet known to be the caller's
         self._held: list[tuple[bytes, float]] = []  # batches held while speech is suspect
@@ -127,7 +132,11 @@ class Decoder(TrioActor):
         gate = self._gate
         if gate is not None:
             verdict = gate.frame(self._echo.take(), vad.last_rms, self._confirmed)  # type: ignore[union-attr]
-            self._recent.append((t, verdict))
+            # A frame of the caller's voice: not explained by echo, and a voice at all
+            # (a silent frame in the VAD's hangover is not one).
+            rms = vad.last_rms
+            voice = verdict is not False and rms > _VOICE_MIN and rms > _FLOOR_RATIO * vad.noise_floor
+            self._recent.append((t, voice))
         self._batch.append(pcm)
         if vad.in_speech:
             self._batch_speech = True
@@ -173,7 +182,7 @@ class Decoder(TrioActor):
         ``since`` among the last ``_within``) hold ``_need`` louder than echo
         explains (or with no agent audio around); else None."""
         frames = [(t, v) for t, v in list(self._recent)[-self._within :] if t > since + 1e-9]
-        voiced = [t for t, v in frames if v is not False]
+        voiced = [t for t, v in frames if v]
         if len(voiced) < self._need:
             return None
         return max(since, voiced[0] - 0.02)

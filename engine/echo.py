@@ -10,7 +10,7 @@ here; a level gate is enough to decide *whose* speech it is:
   the decoder takes the loudest noted since its previous frame. One per call,
   both on the trio thread; two floats of state, no lock.
 - :class:`EchoGate` — per caller frame, the loudest agent frame sent within the
-  last ``window_frames`` (600 ms by default: send lead + network + echo path) is
+  last ``window_frames`` (800 ms by default: send lead + network + echo path) is
   what echo could bring back, at most ``ratio`` times as loud. A caller frame
   louder than ``margin`` × ``ratio`` × that level is not explained by echo: it is
   the caller's own voice. ``ratio`` (the echo path's gain) is learnt on the line:
@@ -85,7 +85,7 @@ class EchoGate:
     def __init__(
         self,
         *,
-        window_frames: int = 30,
+        window_frames: int = 40,
         initial_ratio: float = 0.25,
         min_ratio: float = 0.03,
         max_ratio: float = 0.5,

@@ -147,3 +147,96 @@ async def test_the_caller_going_on_before_hearing_the_reply_cancels_it_and_keeps
     assert turn.transcript == "My name is David Cohen."
     assert call.conv.asked == ["My name is David", "My name is David Cohen."]
     assert call.conv.committed == ["My name is David Cohen."]
+
+
+# ---------------------------------------------------------------- echo, end to end in the tree
+
+
+def _echo_loop(*, gate: bool, echo_db: float = -12.0, delay_frames: int = 8) -> list[Any]:
+    """A call tree with the real decoder, planner and pacer: the pacer plays a
+    greeting of real recorded speech, and the line brings it back into the caller's
+    audio ``echo_db`` down and ``delay_frames`` × 20 ms late (the caller says
+    nothing). Returns what the transport was asked to send."""
+    import numpy as np
+
+    from actors.decoder import Decoder
+    from actors.pacer import Pacer
+    from bench.vad_onsets import load
+    from engine.audio import frames, ulaw_decode, ulaw_encode
+    from engine.audio_history import AudioHistory
+    from engine.echo import EchoReference
+    from engine.messages import CallerFrame, OutboundMedia
+    from engine.providers.vad import VoiceActivityDetector
+
+    sounds = "/usr/share/asterisk/sounds/en_US_f_Allison"
+    speech = np.concatenate([load(f"{sounds}/{n}.wav") for n in ("agent-newlocation", "queue-reporthold")])
+    greeting = ulaw_encode(np.clip(speech, -32768, 32767).astype("<i2").tobytes())
+    echo = EchoReference() if gate else None
+    sent: list[Any] = []
+    call = Call()
+    call.sup = Supervisor(
+        "call",
+        [
+            ChildSpec("transport", lambda ctx: Recorder(sent)),
+            ChildSpec("pacer", lambda ctx: Pacer(greeting=greeting, echo=echo)),
+            ChildSpec("tts", lambda ctx: Recorder([])),
+            ChildSpec("stt", lambda ctx: Recorder([])),
+            ChildSpec(
+                "decoder", lambda ctx: Decoder(VoiceActivityDetector(), AudioHistory(), batch_ms=100, echo=echo)
+            ),
+            _planner_spec(call),
+        ],
+    )
+    gain = 10 ** (echo_db / 20)
+    n_frames = len(frames(greeting, 160)) + 50
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            await n.start(run_root, call.sup)
+            for i in range(n_frames):
+                await trio.sleep(0.02)
+                media = [m.mulaw for m in sent if isinstance(m, OutboundMedia)]
+                k = i - delay_frames
+                if 0 <= k < len(media):
+                    x = np.frombuffer(ulaw_decode(media[k]), dtype="<i2").astype(np.float64) * gain
+                else:
+                    x = np.zeros(160)
+                x = x + np.random.default_rng(i).normal(0, 3, 160)
+                frame = ulaw_encode(np.clip(x, -32768, 32767).astype("<i2").tobytes())
+                call.sup.tell_role("decoder", CallerFrame(mulaw=frame, t=trio.current_time()))
+            call.sup.request_stop()
+
+    # Trio's mock clock: the pacer's deadlines and this loop's 20 ms steps stay in
+    # step however busy the machine is, so the echo's delay is the one asked for.
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return sent
+
+
+def _planner_spec(call: Call) -> ChildSpec:
+    return ChildSpec(
+        "planner",
+        lambda ctx: Planner(
+            conversation=call.conv,
+            call_sid="CA1",
+            business_id="demo",
+            language="en-US",
+            voice="",
+            connected_at=time.monotonic(),
+            record=call.records.append,
+            limiter=trio.CapacityLimiter(4),
+            settings=TurnSettings(),
+            streaming_stt=False,
+            call_stamps={},
+        ),
+    )
+
+
+def test_the_agents_own_voice_coming_back_does_not_interrupt_it() -> None:
+    from engine.messages import OutboundClear, OutboundMedia
+
+    sent = _echo_loop(gate=True)
+    assert sum(isinstance(m, OutboundMedia) for m in sent) > 200  # the greeting played...
+    assert not [m for m in sent if isinstance(m, OutboundClear)]  # ...to the end
+    # Without the gate, the same line made the agent cut its own greeting.
+    sent = _echo_loop(gate=False)
+    assert [m for m in sent if isinstance(m, OutboundClear)]

@@ -314,6 +314,11 @@ class VoiceActivityDetector:
         return start + self.hangover_ms / 1000.0
 
     @property
+    def noise_floor(self) -> float:
+        """The line's noise floor: a slow minimum of frame RMS (fraction of full scale; 0.0 before any frame)."""
+        return max(self._floor, 0.0)
+
+    @property
     def stats(self) -> tuple[int, int]:
         """(windows analysed, windows that reached silero) since construction."""
         return self._windows, self._silero_calls
