@@ -326,7 +326,9 @@ def _offline(clips: Sequence[LoadedClip], opts: EvalOptions) -> dict[str, Any]:
 
 async def _noise_calls(url: str, opts: EvalOptions, triggers: Sequence[LoadedClip]) -> dict[str, Any]:
     """Two calls: noise while the agent is silent, noise over the agent's speech."""
-    noises = load_noise(opts.data_dir, dbfs=opts.noise_dbfs, seconds=4.0)
+    # One frame shorter each: the caller labels a turn by its audio's length, which
+    # ties every turn to its noise even when a step found no agent audio to play over.
+    noises = [(n, a[: len(a) - 160 * i]) for i, (n, a) in enumerate(load_noise(opts.data_dir, dbfs=opts.noise_dbfs))]
     silent: list[Any] = []
     for _noise, audio in noises:
         silent += [Pause(1.0), Say(audio=audio), Pause(3.0)]
@@ -347,10 +349,12 @@ def _score_noise(noise: dict[str, Any], records: dict[str, Any], opts: EvalOptio
     r_silent: CallResult = noise["silent"]
     r_speaking: CallResult = noise["speaking"]
     per: list[dict[str, Any]] = []
-    barge_turns = [t for t in r_speaking.turns if t.barge_in]
-    for i, (clip, _audio) in enumerate(noises):
-        t_silent = r_silent.turns[i] if i < len(r_silent.turns) else None
-        t_barge = barge_turns[i] if i < len(barge_turns) else None
+    silent_by_label = {t.label: t for t in r_silent.turns}
+    barge_by_label = {t.label: t for t in r_speaking.turns if t.barge_in}
+    for clip, audio in noises:
+        label = f"<audio {len(audio) / 8000:.2f} s>"  # as transports.caller labels an audio line
+        t_silent = silent_by_label.get(label)
+        t_barge = barge_by_label.get(label)
         per.append(
             {
                 "noise": clip.id, "kind": clip.kind,
