@@ -8,9 +8,13 @@ are ``PykkaActor`` threads that receive audio in 40-100 ms batches.
 
 Both kinds are started by a ``Supervisor`` (``engine.supervisor``) from a child
 spec whose factory takes an ``ActorContext`` and returns either a ``TrioActor``
-instance or the ``ActorRef`` of a started ``PykkaActor``. Both report failure to
-their supervisor as a message; neither kind ever lets an exception escape
-silently (pykka would only log a failure in ``on_start``; here it is forwarded).
+instance or the ``ActorRef`` of a started ``PykkaActor``. Both report readiness
+and exit to their ``Parent`` (the supervisor) through the context; neither kind
+ever lets an exception escape silently (pykka would only log a failure in
+``on_start``; here it is forwarded). This module knows its parent only as the
+``Parent`` protocol, and the supervisor drives a trio actor only through
+``TrioActor.attach``, ``run_supervised`` and ``begin_stop``: the mechanics of
+running an actor live here, the decisions about it in the supervisor.
 
 Which thread runs what:
 
@@ -31,23 +35,40 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import pykka
 import trio
 
 from engine.bridge import call_soon_in_trio
 
-if TYPE_CHECKING:
-    from engine.supervisor import Supervisor
-
-__all__ = ["ActorContext", "TrioActor", "PykkaActor", "ActorFailed"]
+__all__ = ["ActorContext", "Parent", "TrioActor", "PykkaActor", "ActorFailed", "unwrap_group"]
 
 log = logging.getLogger("callengine.actor")
 
 
 class ActorFailed(Exception):
     """Raised inside a PykkaActor's thread to fail it on purpose (e.g. a session died)."""
+
+
+class Parent(Protocol):
+    """What an actor's context reports to (a supervisor). Trio thread only."""
+
+    def tell_role(self, role: str, msg: Any) -> None:
+        """Deliver ``msg`` to the sibling in slot ``role``."""
+
+    def child_ready(self, role: str, generation: int) -> None:
+        """Incarnation ``generation`` of ``role`` finished starting."""
+
+    def child_exited(self, role: str, generation: int, error: BaseException | None) -> None:
+        """Incarnation ``generation`` of ``role`` ended (``error`` None: normally)."""
+
+
+def unwrap_group(exc: BaseException) -> BaseException:
+    """A nursery wraps a single failure in an ExceptionGroup; report the cause."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 class ActorContext:
@@ -76,7 +97,7 @@ class ActorContext:
         self,
         role: str,
         generation: int,
-        supervisor: "Supervisor",
+        supervisor: Parent,
         env: Mapping[str, Any],
     ) -> None:
         self.role = role
@@ -111,7 +132,7 @@ class ActorContext:
     def report_ready(self) -> None:
         if not self._ready:
             self._ready = True
-            self._post(self.supervisor._child_ready, self.role, self.generation)
+            self._post(self.supervisor.child_ready, self.role, self.generation)
 
     def report_progress(self) -> None:
         """This incarnation did useful work: if it fails now, the supervisor treats
@@ -125,7 +146,7 @@ class ActorContext:
     def report_exit(self, error: BaseException | None) -> None:
         if not self._exited:
             self._exited = True
-            self._post(self.supervisor._child_exited, self.role, self.generation, error)
+            self._post(self.supervisor.child_exited, self.role, self.generation, error)
 
     def _post(self, fn: Any, *args: Any) -> None:
         if threading.get_ident() == self._trio_thread:
@@ -239,6 +260,56 @@ class TrioActor:
 
     # ---- used by the supervisor --------------------------------------------------------
 
+    def attach(self, ctx: ActorContext) -> None:
+        """Give this (new) actor its context and a fresh mailbox, before ``run_supervised``."""
+        self.ctx = ctx
+        self._open_mailbox()
+
+    async def run_supervised(self, scope: trio.CancelScope, shutdown: float) -> None:
+        """Run this actor's whole life inside ``scope`` and report its exit to the parent.
+
+        ``on_start``, then ready, then ``run`` in the actor's own nursery; on
+        any exit (``run`` returning, a failure, ``scope`` cancelled by the
+        parent) ``on_stop`` runs shielded and bounded by ``shutdown`` seconds,
+        and ``ctx.report_exit`` carries the first error (a failure of
+        ``receive_inline`` in a sender's task is the cause when there is one).
+        Also when a Cancelled passes ``scope`` (the parent itself is being
+        cancelled, so an enclosing scope claims it) the exit is reported: the
+        parent waits for that report and must not wait out the whole shutdown
+        bound for an actor that has already stopped.
+        """
+        error: BaseException | None = None
+        ctx = self.ctx
+        try:
+            with scope:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        self.nursery = nursery
+                        await self.on_start()
+                        self._open_inline()
+                        ctx.report_ready()
+                        await self.run()
+                        nursery.cancel_scope.cancel()
+                except* Exception as group:  # reported to the parent; Cancelled passes
+                    error = unwrap_group(group)
+                finally:
+                    self.begin_stop()
+                    if self._failure is not None:
+                        error = self._failure
+                    with trio.CancelScope(shield=True):
+                        with trio.move_on_after(shutdown):
+                            try:
+                                await self.on_stop()
+                            except Exception as exc:  # noqa: BLE001
+                                if error is None:
+                                    error = exc
+        finally:
+            ctx.report_exit(error)
+
+    def begin_stop(self) -> None:
+        """The actor is stopping: nothing more is handled inline (idempotent)."""
+        self._inline_open = False
+
     def _open_mailbox(self) -> None:
         self._send, self._recv = trio.open_memory_channel(self.mailbox_size)
         self._inline_open = False
@@ -248,10 +319,6 @@ class TrioActor:
     def _open_inline(self) -> None:
         """The actor is running (``on_start`` done): inline delivery may begin."""
         self._inline_open = type(self).receive_inline is not TrioActor.receive_inline
-
-    def _close_inline(self) -> None:
-        """The actor is stopping: nothing more is handled inline (idempotent)."""
-        self._inline_open = False
 
     def deliver(self, msg: Any) -> bool:
         """Hand ``msg`` to the actor (trio thread). False when refused.
@@ -290,7 +357,7 @@ class TrioActor:
 
         Runs in the sender's task: record the error, stop inline delivery, and
         cancel the actor's nursery; the supervisor's runner then reports the
-        recorded error as this actor's exit (``_run_trio_child``).
+        recorded error as this actor's exit (``run_supervised``).
         """
         if not isinstance(exc, Exception):
             failure: BaseException = ActorFailed(f"{type(exc).__name__}: {exc}")

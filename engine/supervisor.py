@@ -55,7 +55,7 @@ from typing import Any, Callable, Deque, Mapping
 import pykka
 import trio
 
-from engine.actor import ActorContext, TrioActor
+from engine.actor import ActorContext, TrioActor, unwrap_group
 from engine.restart_policy import (
     Action,
     AutoShutdown,
@@ -400,12 +400,14 @@ class Supervisor(TrioActor):
 
     # ------------------------------------------------------------------ reports
 
-    def _child_ready(self, role: str, generation: int) -> None:
+    def child_ready(self, role: str, generation: int) -> None:
+        """``engine.actor.Parent``: an incarnation finished starting."""
         slot = self._slots.get(role)
         if slot is not None and slot.generation == generation and slot.ready is not None:
             slot.ready.set()
 
-    def _child_exited(self, role: str, generation: int, error: BaseException | None) -> None:
+    def child_exited(self, role: str, generation: int, error: BaseException | None) -> None:
+        """``engine.actor.Parent``: an incarnation ended; a late report of a replaced one is ignored."""
         slot = self._slots.get(role)
         if slot is None or slot.generation != generation:
             return  # a late report from a replaced incarnation
@@ -462,14 +464,13 @@ class Supervisor(TrioActor):
             return
         if isinstance(made, TrioActor):
             slot.actor = made
-            made.ctx = ctx
-            made._open_mailbox()
+            made.attach(ctx)
             # Shielded: cancelling the supervisor (its parent stopping it, or the
             # root being cancelled) must not cancel every child at once; run()'s
             # and on_start()'s cleanup then stops them one by one in reverse
             # order, each within its shutdown bound, through this scope.
             slot.cancel_scope = trio.CancelScope(shield=True)
-            self.nursery.start_soon(self._run_trio_child, slot, made, gen, slot.cancel_scope, slot.done)
+            self.nursery.start_soon(self._run_trio_child, made, spec.shutdown, slot.cancel_scope, slot.done)
         elif isinstance(made, pykka.ActorRef):
             slot.ref = made
             slot.cancel_scope = None
@@ -506,47 +507,10 @@ class Supervisor(TrioActor):
                     slot.buffer.appendleft(msg)
                     break
 
-    async def _run_trio_child(
-        self,
-        slot: Slot,
-        actor: TrioActor,
-        gen: int,
-        scope: trio.CancelScope,
-        done: trio.Event,
-    ) -> None:
-        error: BaseException | None = None
-        ctx = actor.ctx
+    async def _run_trio_child(self, actor: TrioActor, shutdown: float, scope: trio.CancelScope, done: trio.Event) -> None:
         try:
-            with scope:
-                try:
-                    async with trio.open_nursery() as nursery:
-                        actor.nursery = nursery
-                        await actor.on_start()
-                        actor._open_inline()
-                        ctx.report_ready()
-                        await actor.run()
-                        nursery.cancel_scope.cancel()
-                except* Exception as group:  # reported to the supervisor; Cancelled passes
-                    error = _unwrap(group)
-                finally:
-                    actor._close_inline()
-                    # A failure of receive_inline, run in a sender's task, cancelled
-                    # this nursery and was recorded on the actor: it is the cause.
-                    if actor._failure is not None:
-                        error = actor._failure
-                    with trio.CancelScope(shield=True):
-                        with trio.move_on_after(slot.spec.shutdown):
-                            try:
-                                await actor.on_stop()
-                            except Exception as exc:  # noqa: BLE001
-                                if error is None:
-                                    error = exc
+            await actor.run_supervised(scope, shutdown)
         finally:
-            # Also when Cancelled passes ``scope`` (the supervisor itself is being
-            # cancelled, so an enclosing scope claims it): the supervisor's
-            # _stop_incarnation is waiting for this report and must not wait out
-            # the whole shutdown bound for a child that has already stopped.
-            ctx.report_exit(error)
             done.set()
 
     async def _handle_exit(self, role: str, generation: int, error: BaseException | None) -> None:
@@ -678,7 +642,7 @@ class Supervisor(TrioActor):
         """Stop the slot's running child within its shutdown bound."""
         slot.stop_requested = True
         if slot.actor is not None and slot.cancel_scope is not None:
-            slot.actor._close_inline()  # no inline handling while it stops (e.g. in on_stop)
+            slot.actor.begin_stop()  # no inline handling while it stops (e.g. in on_stop)
             slot.cancel_scope.cancel()
         elif slot.ref is not None:
             try:
@@ -750,20 +714,13 @@ class Supervisor(TrioActor):
         }
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    """A nursery wraps a single failure in an ExceptionGroup; report the cause."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 class _RootParent:
     """The parent of a root supervisor: it has no one to report to."""
 
-    def _child_ready(self, role: str, generation: int) -> None:
+    def child_ready(self, role: str, generation: int) -> None:
         pass
 
-    def _child_exited(self, role: str, generation: int, error: BaseException | None) -> None:
+    def child_exited(self, role: str, generation: int, error: BaseException | None) -> None:
         pass
 
     def tell_role(self, role: str, msg: Any) -> None:
@@ -780,8 +737,7 @@ async def run_root(
     ``SupervisorEscalation`` when it gives up. Cancellation stops the children in
     reverse order within their shutdown bounds before propagating.
     """
-    sup.ctx = ActorContext(sup.name, 1, _RootParent(), sup.env)  # type: ignore[arg-type]
-    sup._open_mailbox()
+    sup.attach(ActorContext(sup.name, 1, _RootParent(), sup.env))
     try:
         async with trio.open_nursery() as nursery:
             sup.nursery = nursery
@@ -790,7 +746,7 @@ async def run_root(
             await sup.run()
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise _unwrap(group) from None
+        raise unwrap_group(group) from None
     finally:
         with trio.CancelScope(shield=True):
             await sup.on_stop()
