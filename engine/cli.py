@@ -91,12 +91,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         trio.run(partial(worker_serve, wrap_app(app, 1 << 20, None), hc, shutdown_trigger=shutdown_trigger(app)))
         return
 
-    from hypercorn.run import run as hypercorn_run
+    from engine.workers import run_workers
 
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="callengine-metrics-"))
     hc.workers = settings.workers
     hc.application_path = "engine.host:create_app()"
-    raise SystemExit(hypercorn_run(hc))
+    # Every worker drains its own calls; the runner waits for all of them.
+    raise SystemExit(run_workers(hc, settings.drain.timeout_s + settings.drain.closing_grace_s + 20.0))
 
 
 def cmd_call(args: argparse.Namespace) -> None:

@@ -472,3 +472,25 @@ async def test_sigkill_leaves_no_call_live_after_a_restart(tmp_path: Path) -> No
         await trio.to_thread.run_sync(first.stop)
         if second is not None:
             await trio.to_thread.run_sync(second.stop)
+
+
+async def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
+    """With --workers 2 an idle worker finishing its drain first must not cut
+    the other worker's calls short (hypercorn's runner terminated them)."""
+    env = {**STUBS, "CALLENGINE_DRAIN_TIMEOUT_S": "2", "CALLENGINE_DRAIN_CLOSING_GRACE_S": "1"}
+    h = await trio.to_thread.run_sync(lambda: start_host(tmp_path, env, args=["--workers", "2"]))
+    try:
+        c = caller(h, [Pause(30)], wait_greeting=False)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(c.run)
+            with trio.fail_after(15):
+                while not c.result.connected or c.result.received_bytes == 0:
+                    await trio.sleep(0.05)
+            t0 = time.monotonic()
+            h.proc.send_signal(signal.SIGTERM)
+        assert c.result.closed_by_server and time.monotonic() - t0 >= 2.0
+        assert await trio.to_thread.run_sync(lambda: h.proc.wait(20)) == 0
+        record = await trio.to_thread.run_sync(stored_call, h, c.result.call_sid)
+        assert record is not None and record["end_reason"] == "shutdown", record
+    finally:
+        await trio.to_thread.run_sync(h.stop)
