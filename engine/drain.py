@@ -22,7 +22,8 @@ returns only once the drain is over:
 
 Owned by the host process's trio thread. ``shutdown_trigger`` is what
 ``engine.cli`` hands hypercorn (one worker); with ``--workers N`` each worker
-wraps hypercorn's own trigger the same way (``engine.hypercorn_fixes``).
+wraps hypercorn's own trigger the same way (``engine.hypercorn_fixes``), and
+the runner (``engine.workers``) waits for every worker's drain.
 """
 
 from __future__ import annotations
