@@ -9,7 +9,7 @@ supervision tree::
     engine  (Supervisor, one_for_one)
       recorder  pykka  permanent   - the only writer of records (write-behind, journaled)
       calls     Supervisor         - one temporary child per live call (actors.call)
-      chats     Supervisor         - one temporary child per active WhatsApp chat
+      chats     DynamicSupervisor  - one child per active WhatsApp chat (passivated when idle)
 
 ``Runtime.run`` is a trio task (the app's lifespan nursery owns it); it returns
 when the tree stops. Everything else runs on the trio thread unless a method
@@ -33,6 +33,7 @@ from engine.bridge import call_soon_in_trio
 from engine.business import Business, load_businesses
 from engine.config import Settings
 from engine.drain import CLOSING_DEFAULT
+from engine.dynamic_supervisor import DynamicSupervisor
 from engine.messages import CallInfo, FlushJournal, RecordCallEnded, RecordCallStarted, RecordTurn
 from engine.metrics import Metrics
 from engine.providers import make_planner, make_stt, make_tts
@@ -78,7 +79,7 @@ class Runtime:
         self.live: dict[str, LiveCall] = {}
         self.root: Supervisor | None = None
         self.calls: Supervisor | None = None
-        self.chats: Supervisor | None = None
+        self.chats: DynamicSupervisor | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self.writer = DurableWriter(store, Journal(settings.data_path / "journal.jsonl"))
         self.ownership = CallOwnership(store, dead_after_s=settings.repair.dead_after_s)
@@ -300,7 +301,7 @@ class Runtime:
             return self.calls
 
         def new_chats(ctx: ActorContext) -> Supervisor:
-            self.chats = Supervisor("chats", [], intensity=1_000_000, period=1.0)
+            self.chats = DynamicSupervisor("chats", intensity=1_000_000, period=1.0)
             return self.chats
 
         root = Supervisor(

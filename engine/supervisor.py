@@ -45,17 +45,15 @@ threads arrive through ``TrioToken.run_sync_soon`` (see ``engine.bridge``).
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
-import time
-from collections import deque
-from typing import Any, Callable, Deque, Mapping
+from typing import Any, Callable, Mapping
 
 import pykka
 import trio
 
 from engine.actor import ActorContext, TrioActor, unwrap_group
+from engine.child_slot import Slot, SlotStatus
 from engine.restart_policy import (
     Action,
     AutoShutdown,
@@ -63,7 +61,6 @@ from engine.restart_policy import (
     ChildSpec,
     Restart,
     RestartIntensity,
-    SlotPolicy,
     Strategy,
     as_enum,
     check_children,
@@ -90,79 +87,6 @@ class OperatorRestart(Exception):
 
 class SupervisorEscalation(Exception):
     """A supervisor exceeded its restart intensity and gave up."""
-
-
-class SlotStatus(str, enum.Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    BACKOFF = "backoff"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-
-class Slot:
-    """One child position: the spec, the live incarnation, and its history.
-
-    Internal to supervisors (this module's and ``engine.dynamic_supervisor``'s);
-    trio thread only."""
-
-    def __init__(self, spec: ChildSpec, give_up_after: int | None = None) -> None:
-        self.spec = spec
-        self.policy = SlotPolicy(spec, give_up_after=give_up_after)
-        self.status = SlotStatus.STOPPED
-        self.generation = 0
-        self.actor: TrioActor | None = None
-        self.ref: pykka.ActorRef[Any] | None = None
-        self.ctx: ActorContext | None = None
-        self.cancel_scope: trio.CancelScope | None = None
-        self.done: trio.Event | None = None
-        self.ready: trio.Event | None = None
-        self.start_error: BaseException | None = None
-        self.stop_requested = False
-        self.last_error = ""
-        self.started_at = 0.0  # trio clock
-        self.run_since: float | None = None  # trio clock; None unless this incarnation got running
-        self.wall_started = 0.0
-        self.buffer: Deque[Any] = deque()
-        self.overflow = 0
-        self.handled_before = 0  # messages handled by earlier incarnations
-        self.dropped_before = 0  # mailbox-full drops of earlier trio incarnations
-        self.pending_timer: trio.CancelScope | None = None
-
-    @property
-    def fallback_active(self) -> bool:
-        return self.policy.fallback_active
-
-    @property
-    def restarts(self) -> int:
-        return self.policy.restarts
-
-    @property
-    def live(self) -> bool:
-        return self.status is SlotStatus.RUNNING
-
-    def handled(self) -> int:
-        n = self.handled_before
-        if self.actor is not None:
-            n += self.actor.handled
-        elif self.ctx is not None:
-            n += self.ctx.handled
-        return n
-
-    def dropped(self) -> int:
-        """Messages a full trio mailbox refused, over all incarnations."""
-        n = self.dropped_before
-        if self.actor is not None:
-            n += self.actor.dropped
-        return n
-
-    def depth(self) -> int:
-        d = len(self.buffer)
-        if self.actor is not None:
-            d += self.actor.mailbox_depth()
-        elif self.ref is not None:
-            d += self.ref.actor_inbox.qsize()  # type: ignore[attr-defined]
-        return d
 
 
 class Supervisor(TrioActor):
@@ -494,7 +418,6 @@ class Supervisor(TrioActor):
         slot.status = SlotStatus.RUNNING
         slot.started_at = trio.current_time()
         slot.run_since = slot.started_at
-        slot.wall_started = time.time()
         # Flush what arrived while the slot had no running child, in order.
         while slot.buffer and slot.status is SlotStatus.RUNNING:
             msg = slot.buffer.popleft()
@@ -654,7 +577,7 @@ class Supervisor(TrioActor):
         if slot.done is not None:
             with trio.move_on_after(slot.spec.shutdown) as scope:
                 await slot.done.wait()
-            if scope.cancelled_caught:
+            if scope.cancelled_caught and slot.spec.shutdown > 0:  # brutal_kill: not waited for, by request
                 self.abandoned += 1
                 log.error("child did not stop in time", extra={"supervisor": self.name, "role": slot.spec.role})
         slot.handled_before = slot.handled()
@@ -689,29 +612,7 @@ class Supervisor(TrioActor):
             snap["role"] = slot.spec.role
             snap["restarts"] = slot.restarts
             return snap
-        kind = slot.actor.kind if slot.actor is not None else ("pykka" if slot.ref is not None else "-")
-        status = slot.status.value
-        if slot.status is SlotStatus.RUNNING and slot.fallback_active:
-            status = "fallback"
-        details = getattr(slot.actor, "details", None)
-        return {
-            **(details() if details is not None else {}),
-            "role": slot.spec.role,
-            "kind": kind,
-            "status": status,
-            "restarts": slot.restarts,
-            "fallback": slot.fallback_active,
-            "fallback_active": slot.fallback_active,
-            "fallbacks": slot.policy.fallbacks,
-            "probes": slot.policy.probes,
-            "mailbox_depth": slot.depth(),
-            "handled": slot.handled(),
-            "overflow": slot.overflow,
-            "dropped": slot.dropped(),
-            "last_error": slot.last_error,
-            "uptime_s": round(now - slot.started_at, 3) if slot.status is SlotStatus.RUNNING else 0.0,
-            "children": [],
-        }
+        return slot.snapshot(now)
 
 
 class _RootParent:

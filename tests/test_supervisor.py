@@ -1553,3 +1553,34 @@ async def test_on_event_reports_restarts_fallback_probe_and_restore(autojump_clo
         assert events[-2:] == [("stt", "probe"), ("stt", "restored")]
         assert sup.snapshot()["children"][0]["fallback"] is False
         sup.request_stop()
+
+
+async def test_shutdown_infinity_waits_and_brutal_kill_does_not(autojump_clock: Any) -> None:
+    """OTP's shutdown values: ``INFINITY`` waits for ``on_stop`` however long it
+    takes (a slow stop is not abandoned); ``BRUTAL_KILL`` gives it no time."""
+    from engine.restart_policy import BRUTAL_KILL, INFINITY
+
+    class SlowStop(TrioActor):
+        def __init__(self, log: list[str], name: str) -> None:
+            super().__init__()
+            self.log, self.name = log, name
+
+        async def on_stop(self) -> None:
+            await trio.sleep(100)
+            self.log.append(self.name)
+
+    stopped: list[str] = []
+    sup = Supervisor(
+        "t",
+        [
+            ChildSpec("patient", lambda ctx: SlowStop(stopped, "patient"), shutdown=INFINITY),
+            ChildSpec("brutal", lambda ctx: SlowStop(stopped, "brutal"), shutdown=BRUTAL_KILL),
+        ],
+    )
+    async with trio.open_nursery() as n:
+        await n.start(run_root, sup)
+        t0 = trio.current_time()
+        sup.request_stop()
+        await sup.wait_finished()
+    assert stopped == ["patient"] and trio.current_time() - t0 >= 100
+    assert sup.abandoned == 0

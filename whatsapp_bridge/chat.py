@@ -1,6 +1,7 @@
 """Per-chat actor trees: one small supervised tree per active WhatsApp chat.
 
-Shape (one per chat, a temporary dynamic child of ``runtime.chats``)::
+Shape (one per chat, a dynamic child of ``runtime.chats``, an
+``engine.dynamic_supervisor.DynamicSupervisor``)::
 
     chat:<chat_id>   Supervisor  one_for_one, intensity 5 in 30 s
       planner        TrioActor   permanent - restores history, generates replies (worker thread)
@@ -17,14 +18,17 @@ What a user sees, and how it is guaranteed:
   different trees, so a slow chat never holds up another.
 - *Nothing dropped by a crash.* The inbox and outbox are trio memory channels
   owned by the chat's ``ChatSession``, not by an actor incarnation, so a
-  restarted planner or sender resumes where the last one stopped. The item an
-  actor was working on when it crashed is retried once by the next
-  incarnation, then given up (counted as ``whatsapp_reply_abandoned``). A
-  whole tree that fails past its intensity is re-spawned while the chat has
-  messages waiting, at most ``MAX_TREE_FAILURES`` times in a row.
+  restarted planner or sender resumes where the last one stopped. Both are
+  ``whatsapp_bridge.retry_worker.RetryOnceWorker``: the item an actor was
+  working on when it crashed is retried once by the next incarnation, then
+  given up (counted as ``whatsapp_reply_abandoned``). A whole tree that fails
+  past its intensity is restarted by ``chats`` (transient, with backoff); after
+  ``MAX_TREE_FAILURES`` failures in a row with no reply sent in between (a sent
+  reply is progress) the chat's waiting messages are given up.
 - *Passivation.* A planner idle for ``idle_passivate_s`` asks the router to stop
   the tree; the router agrees only when no message of the chat is in flight
-  (queued, generating or being sent). The next message spawns a fresh tree
+  (queued, generating or being sent), and ``chats.passivate`` stops it. The
+  next message activates a fresh tree (never beside the one still stopping)
   whose planner restores the conversation from the store
   (``chat_history`` -> ``open_conversation(history=...)``).
 - *Rate limit.* More than ``rate_per_chat_per_min`` messages of one chat within
@@ -51,7 +55,6 @@ from typing import Any, Mapping
 
 import trio
 
-from engine.actor import TrioActor
 from engine.messages import (
     CancelToken,
     ChatInbound,
@@ -63,13 +66,13 @@ from engine.messages import (
 )
 from engine.store import StoreUnavailable
 from engine.supervisor import Backoff, ChildSpec, Restart, Supervisor
+from whatsapp_bridge.retry_worker import MAX_ATTEMPTS, InFlight, RetryOnceWorker
 from whatsapp_bridge.senders import ChatChannel, SendFailed, split_text
 
 __all__ = ["ChatRouter", "ChatSession", "ChatPlanner", "ChatSender", "MAX_ATTEMPTS", "MAX_TREE_FAILURES"]
 
 log = logging.getLogger("callengine.whatsapp.chat")
 
-MAX_ATTEMPTS = 2  # an item being handled when its actor crashed is tried once more
 MAX_TREE_FAILURES = 3  # consecutive tree failures before a chat's waiting messages are given up
 INBOX_MAX = 1024
 RATE_WINDOW_S = 60.0
@@ -109,11 +112,10 @@ class ChatSession:
         self.outbox_send, self.outbox_recv = trio.open_memory_channel[Any](INBOX_MAX * 3)
         self.inflight: dict[str, ChatInbound] = {}  # delivered, not yet finished (ordered)
         self.conversation: Any = None
-        self.current: tuple[ChatInbound, int] | None = None  # planner's item, attempt
-        self.sending: tuple[Any, int] | None = None  # sender's item, attempt
+        self.planning = InFlight()  # the planner's message and attempt
+        self.sending = InFlight()  # the sender's item and attempt
         self.tree: Supervisor | None = None
-        self.state = "idle"  # idle | starting | running | stopping
-        self.failures = 0  # consecutive tree failures
+        self.state = "idle"  # idle | running | stopping
         self.answered = 0
 
     @property
@@ -157,51 +159,33 @@ def _generate(conv: Any, text: str, cancel: CancelToken) -> tuple[str, LeadCaptu
     return reply, lead, ended
 
 
-class ChatPlanner(TrioActor):
+class ChatPlanner(RetryOnceWorker):
     """Answers a chat's messages one at a time (trio task; generation on a worker thread).
 
-    On start, retries the message its predecessor was handling when it crashed
-    (once), then reads the chat's inbox. Idle for ``router.idle_s``: asks the
-    router to passivate the tree.
+    Retries, once, the message its predecessor was handling when it crashed
+    (``RetryOnceWorker``), then reads the chat's inbox. Idle for
+    ``router.idle_s``: asks the router to passivate the tree.
     """
 
     def __init__(self, session: ChatSession, router: "ChatRouter") -> None:
-        super().__init__()
+        super().__init__(session.planning)
         self.session = session
         self.router = router
-        self._retry: tuple[ChatInbound, int] | None = None
 
-    async def on_start(self) -> None:
-        cur = self.session.current
-        if cur is None:
-            return
-        msg, attempts = cur
-        if attempts >= MAX_ATTEMPTS:
-            self.session.current = None
-            self.router.abandon(self.session, msg, "planner")
-        else:
-            self._retry = cur
+    def given_up(self, item: Any) -> None:
+        self.router.abandon(self.session, item, "planner")
 
-    async def run(self) -> None:
-        if self._retry is not None:
-            msg, attempts = self._retry
-            self._retry = None
-            await self._handle(msg, attempts + 1)
+    async def next_item(self) -> ChatInbound:
         recv = self.session.inbox_recv
         while True:
-            with trio.move_on_after(self.router.idle_s) as idle:
-                msg = await recv.receive()
-            if idle.cancelled_caught:
-                if self.router.try_passivate(self.session):
-                    await trio.sleep_forever()  # the tree stops us
-                continue
-            await self._handle(msg, 1)
-            self.handled += 1
+            with trio.move_on_after(self.router.idle_s):
+                return await recv.receive()
+            if self.router.try_passivate(self.session):
+                await trio.sleep_forever()  # chats stops the tree, and us with it
 
-    async def _handle(self, msg: ChatInbound, attempt: int) -> None:
+    async def handle(self, msg: ChatInbound) -> None:
         session = self.session
         runtime = self.router.runtime
-        session.current = (msg, attempt)
         session.outbox_send.send_nowait(_Typing(msg, True))  # before anything slow
         if session.conversation is None:
             session.conversation = await self._restore(msg)
@@ -231,7 +215,6 @@ class ChatPlanner(TrioActor):
         if ended:
             runtime.metrics.count("whatsapp_conversation_ended")
         session.outbox_send.send_nowait(_Reply(msg, text))
-        session.current = None
 
     async def _restore(self, msg: ChatInbound) -> Any:
         """History from the store, minus the messages still in flight, into a new conversation."""
@@ -265,49 +248,32 @@ class ChatPlanner(TrioActor):
 # ---------------------------------------------------------------- the sender
 
 
-class ChatSender(TrioActor):
+class ChatSender(RetryOnceWorker):
     """Posts a chat's typing indicators and replies, strictly in the order queued (trio task).
 
     After each reply: the ``paused`` indicator, the outbound record (through the
     recorder), and ``router.finished``. A send that fails for good is counted
     (``whatsapp_reply_failed``) and logged; a failed typing indicator is counted
-    only. Retries the item its predecessor crashed on, once.
+    only. Retries the item its predecessor crashed on, once (``RetryOnceWorker``).
     """
 
     def __init__(self, session: ChatSession, router: "ChatRouter") -> None:
-        super().__init__()
+        super().__init__(session.sending)
         self.session = session
         self.router = router
-        self._retry: tuple[Any, int] | None = None
 
-    async def on_start(self) -> None:
-        cur = self.session.sending
-        if cur is None:
-            return
-        item, attempts = cur
-        if attempts >= MAX_ATTEMPTS:
-            self.session.sending = None
-            if isinstance(item, _Reply):
-                self.router.abandon(self.session, item.msg, "sender")
-        else:
-            self._retry = cur
+    def given_up(self, item: Any) -> None:
+        if isinstance(item, _Reply):
+            self.router.abandon(self.session, item.msg, "sender")
 
-    async def run(self) -> None:
-        if self._retry is not None:
-            item, attempts = self._retry
-            self._retry = None
-            await self._handle(item, attempts + 1)
-        async for item in self.session.outbox_recv:
-            await self._handle(item, 1)
-            self.handled += 1
+    async def next_item(self) -> Any:
+        return await self.session.outbox_recv.receive()
 
-    async def _handle(self, item: Any, attempt: int) -> None:
-        self.session.sending = (item, attempt)
+    async def handle(self, item: Any) -> None:
         if isinstance(item, _Typing):
             await self._typing(item.msg, item.composing)
         elif isinstance(item, _Reply):
             await self._reply(item.msg, item.text)
-        self.session.sending = None
 
     async def _typing(self, msg: ChatInbound, composing: bool) -> None:
         metrics = self.router.runtime.metrics
@@ -363,12 +329,13 @@ class ChatSender(TrioActor):
 
 
 class ChatRouter:
-    """Routes accepted inbound messages to their chat's tree, spawning and passivating trees.
+    """Routes accepted inbound messages to their chat's tree, activating and passivating trees.
 
     One per process, owned by ``WhatsAppService``; every method runs on the trio
-    thread. ``run`` is a task (in the service's nursery) that owns the nursery
-    in which trees are spawned; the trees themselves are children of
-    ``runtime.chats``.
+    thread. The trees are keyed children of ``runtime.chats`` (a
+    ``DynamicSupervisor``), which starts, restarts, gives up and passivates
+    them; the router owns the chats' sessions. ``run`` (a task in the service's
+    nursery) sweeps the rate windows and marks the router closing when it ends.
     """
 
     def __init__(
@@ -387,22 +354,18 @@ class ChatRouter:
         self.rate_per_min = int(rate_per_min)
         self._sessions: dict[str, ChatSession] = {}
         self._rates: dict[str, deque[float]] = {}
-        self._nursery: trio.Nursery | None = None
         self._closing = False
 
     # ---- lifecycle ------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus["ChatRouter"] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started(self)
-                while True:
-                    await trio.sleep(RATE_WINDOW_S)
-                    self._sweep_rates()
+            task_status.started(self)
+            while True:
+                await trio.sleep(RATE_WINDOW_S)
+                self._sweep_rates()
         finally:
             self._closing = True
-            self._nursery = None
 
     async def close(self, grace_s: float = 3.0) -> None:
         """Stop every chat tree gracefully (process shutdown). Trio thread.
@@ -431,7 +394,7 @@ class ChatRouter:
         return self.channels.get(name)
 
     def deliver(self, msg: ChatInbound) -> bool:
-        """Queue ``msg`` for its chat (spawning the tree if needed). Never blocks.
+        """Queue ``msg`` for its chat (activating the chat's tree). Never blocks.
 
         Returns False when the message will not be answered: over the chat's
         rate limit, or the chat's inbox is full (both counted).
@@ -450,15 +413,18 @@ class ChatRouter:
             self.runtime.metrics.count("whatsapp_inbox_full")
             return False
         session.inflight[msg.message_id] = msg
-        if session.state == "idle":
-            self._spawn(session)
+        self._activate(session)
         return True
 
     def finished(self, session: ChatSession, msg: ChatInbound) -> None:
-        """The sender is done with ``msg`` (answered, or failed and counted)."""
+        """The sender is done with ``msg`` (answered, or failed and counted).
+
+        Progress of the chat's tree: a failure after it does not count toward
+        giving the chat up (``MAX_TREE_FAILURES``)."""
         session.inflight.pop(msg.message_id, None)
         session.answered += 1
-        session.failures = 0
+        if session.tree is not None:  # attached to its context before its sender runs
+            session.tree.ctx.report_progress()
 
     def abandon(self, session: ChatSession, msg: ChatInbound, where: str) -> None:
         """``msg`` crashed its actor twice: give it up (counted), keep the chat going."""
@@ -468,12 +434,13 @@ class ChatRouter:
 
     def try_passivate(self, session: ChatSession) -> bool:
         """Stop ``session``'s tree if nothing of the chat is in flight. True when stopping."""
-        tree = session.tree
-        if tree is None or session.state != "running" or session.inflight or self._closing:
+        if session.tree is None or session.state != "running" or session.inflight or self._closing:
+            return False
+        chats = self.runtime.chats
+        if chats is None or not chats.passivate(session.role):
             return False
         session.state = "stopping"
         self.runtime.metrics.count("whatsapp_chat_passivated")
-        tree.request_stop()
         return True
 
     def live_chats(self) -> int:
@@ -504,18 +471,35 @@ class ChatRouter:
         for chat_id in [c for c, w in self._rates.items() if not w or now - w[-1] >= RATE_WINDOW_S]:
             del self._rates[chat_id]
 
-    def _spawn(self, session: ChatSession) -> None:
-        if self._nursery is None or self._closing:
-            self.runtime.metrics.count("whatsapp_chat_not_started")
+    def _activate(self, session: ChatSession) -> None:
+        """Have the chat's tree running (``DynamicSupervisor.activate``: never blocks, idempotent)."""
+        if self._closing:
+            if session.tree is None:
+                self.runtime.metrics.count("whatsapp_chat_not_started")
             return
-        session.state = "starting"
-        self._nursery.start_soon(self._start_tree, session)
+        chats = self.runtime.chats
+        if chats is None or not chats.activate(
+            session.role,
+            lambda: self._tree_spec(session),
+            give_up_after=MAX_TREE_FAILURES,
+            on_give_up=self._tree_given_up,
+        ):
+            self.runtime.metrics.count("whatsapp_chat_not_started")
+            log.error("chat tree not started", extra={"chat_id": session.chat_id})
 
-    async def _start_tree(self, session: ChatSession) -> None:
-        runtime = self.runtime
-        role = session.role
+    def _tree_spec(self, session: ChatSession) -> ChildSpec:
+        return ChildSpec(
+            session.role,
+            lambda ctx: self._new_tree(session),
+            restart=Restart.TRANSIENT,
+            backoff=Backoff(base=0.05, max=1.0),
+            shutdown=5.0,
+        )
+
+    def _new_tree(self, session: ChatSession) -> Supervisor:
+        """A fresh tree per start: a restarted supervisor must not reuse state."""
         tree = Supervisor(
-            role,
+            session.role,
             [
                 ChildSpec(
                     "planner",
@@ -538,58 +522,38 @@ class ChatRouter:
             on_exit=lambda sup, error: self._on_tree_exit(session, sup, error),
         )
         session.tree = tree
-        with trio.move_on_after(10.0):
-            while True:
-                chats = runtime.chats
-                if chats is not None and role not in chats.roles():
-                    try:
-                        await chats.start_child(ChildSpec(role, lambda ctx: tree, restart=Restart.TEMPORARY, shutdown=5.0))
-                    except ValueError:
-                        pass  # the previous incarnation's slot is still being removed
-                    else:
-                        if session.tree is tree and session.state == "starting":
-                            session.state = "running"
-                        return
-                await trio.sleep(0.005)  # an exiting incarnation's slot goes within a tick or two
-        # Could not start (the runtime is stopping, or the old tree never left).
-        if session.tree is tree:
-            session.tree = None
-            session.state = "idle"
-        runtime.metrics.count("whatsapp_chat_not_started")
-        log.error("chat tree not started", extra={"chat_id": session.chat_id})
+        session.state = "running"
+        return tree
 
     def _on_tree_exit(self, session: ChatSession, tree: Supervisor, error: BaseException | None) -> None:
-        """Runs in the tree's ``on_stop`` (trio thread): re-spawn while messages wait."""
+        """Runs in the tree's ``on_stop`` (trio thread). ``chats`` restarts a failed
+        tree (or gives it up: ``_tree_given_up``) and starts a passivated chat's
+        next tree when a message arrives; the router only keeps its session."""
         if session.tree is not tree:
             return
-        passivated = session.state == "stopping" and error is None
         session.tree = None
         session.state = "idle"
         session.conversation = None  # the next tree restores from the store
-        if error is None and not passivated:
-            # Stopped from above (process shutdown, or ``chats`` restarting): do not
-            # re-spawn into a stopping supervisor. Waiting messages stay stored; the
-            # chat's next message spawns a tree that answers them.
-            if not session.inflight:
-                self._drop(session)
-            return
-        if not passivated:
-            session.failures += 1
+        if error is not None:
             self.runtime.metrics.count("whatsapp_chat_tree_failed")
-            log.warning(
-                "chat tree exited", extra={"chat_id": session.chat_id, "error": repr(error) if error else "none"}
-            )
-        if session.failures > MAX_TREE_FAILURES:
-            lost = len(session.inflight)
-            if lost:
-                self.runtime.metrics.count("whatsapp_reply_abandoned", lost)
-            log.error("chat given up after repeated tree failures", extra={"chat_id": session.chat_id, "lost": lost})
-            self._drop(session)
+            log.warning("chat tree exited", extra={"chat_id": session.chat_id, "error": repr(error)})
             return
-        if session.inflight and not self._closing:
-            self._spawn(session)
-        elif not session.inflight:
+        # Passivated, or stopped from above (process shutdown, ``chats`` stopping).
+        # Messages still waiting stay stored; the chat's next message activates a
+        # tree that answers them.
+        if not session.inflight:
             self._drop(session)
+
+    def _tree_given_up(self, role: str, error: BaseException | None) -> None:
+        """``chats`` gave the chat's tree up after repeated failures: so do we."""
+        session = self._sessions.get(role.removeprefix("chat:"))
+        if session is None:
+            return
+        lost = len(session.inflight)
+        if lost:
+            self.runtime.metrics.count("whatsapp_reply_abandoned", lost)
+        log.error("chat given up after repeated tree failures", extra={"chat_id": session.chat_id, "lost": lost})
+        self._drop(session)
 
     def _drop(self, session: ChatSession) -> None:
         if self._sessions.get(session.chat_id) is session:
