@@ -179,6 +179,9 @@ def _validate(flat: dict[str, Any], sources: dict[str, str]) -> None:
             raise ConfigError(f"{sources[key]} (setting '{key}'): must not be negative, got {flat[key]!r}")
     if not 1 <= flat["port"] <= 65535 and flat["port"] != 0:
         raise ConfigError(f"{sources['port']} (setting 'port'): not a TCP port: {flat['port']}")
+    for key in ("supervision.call_period_s", "supervision.stt_probe_interval_s"):
+        if key in flat and flat[key] <= 0:  # engine.restart_policy: a window and an interval, never empty
+            raise ConfigError(f"{sources[key]} (setting '{key}'): must be positive, got {flat[key]!r}")
     if not 40 <= flat["turn.stt_batch_ms"] <= 100:
         raise ConfigError(
             f"{sources['turn.stt_batch_ms']} (setting 'turn.stt_batch_ms'): must be 40-100 ms, got {flat['turn.stt_batch_ms']}"

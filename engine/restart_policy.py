@@ -128,8 +128,6 @@ class Backoff:
         _number("backoff.base", self.base, minimum=0.0)
         _number("backoff.max", self.max, minimum=0.0)
         _number("backoff.jitter", self.jitter, minimum=0.0)
-        if self.max < self.base:
-            raise ValueError(f"backoff.max ({self.max!r}) must be >= backoff.base ({self.base!r})")
 
     def delay(self, n: int, rng: random.Random | None = None) -> float:
         """Delay before restart number ``n`` (1-based) of consecutive failures."""

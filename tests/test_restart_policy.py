@@ -80,7 +80,8 @@ def test_backoff_doubles_to_the_cap_with_bounded_jitter() -> None:
 
 def test_backoff_is_validated() -> None:
     with pytest.raises(ValueError, match="backoff.max"):
-        Backoff(base=2.0, max=1.0)
+        Backoff(base=0.1, max=-1.0)
+    assert Backoff(base=2.0, max=1.0, jitter=0.0).delay(1) == 1.0  # the cap wins
     with pytest.raises(ValueError, match="backoff.jitter"):
         Backoff(jitter=-0.1)
 
@@ -181,3 +182,12 @@ def test_give_up_after_consecutive_failures_only() -> None:
         Action.GIVE_UP
     ]
     assert p.restarts == 7
+
+
+@pytest.mark.parametrize("key", ["CALLENGINE_SUPERVISION_CALL_PERIOD_S", "CALLENGINE_SUPERVISION_STT_PROBE_INTERVAL_S"])
+def test_supervision_settings_that_specs_refuse_are_refused_at_startup(key: str) -> None:
+    """A zero period or probe interval would fail every call's tree; the settings refuse it first."""
+    from engine.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="must be positive"):
+        load_settings(environ={key: "0"})
