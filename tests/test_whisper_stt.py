@@ -7,6 +7,9 @@ CC-BY-SA-3.0; installed by scripts/ensure-system.sh test), sent through a phone 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import wave
@@ -343,3 +346,15 @@ def test_gate_budget_thins_partials_out():
         gate.release_partial(0.4)
     assert not gate.try_acquire_partial()
     assert gate.partials_refused == 3
+
+
+def test_serve_stops_in_one_line_without_a_model(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLENGINE_")}
+    env.update(CALLENGINE_DATA_DIR=str(tmp_path), CALLENGINE_WHISPER_MODEL=str(tmp_path / "nowhere"))
+    exe = str(Path(sys.executable).parent / "callengine")
+    proc = subprocess.run([exe, "serve", "--port", "0"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"callengine: whisper model '{tmp_path / 'nowhere'}' is neither 'base', 'tiny.en' nor a CTranslate2 "
+        f"model directory (no {tmp_path / 'nowhere' / 'model.bin'})"
+    ]
