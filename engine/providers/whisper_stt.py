@@ -275,8 +275,10 @@ class WhisperSession:
     ``push_audio`` appends (under a lock) and may hand a partial pass to the
     process's partial pool: it never decodes. ``end_utterance`` produces the final
     on the calling thread and reports it there; partials are reported from the
-    pool's threads. ``on_error`` is called at most once, after which the session
-    ignores further audio. ``close`` is idempotent and never raises.
+    pool's threads, always under the session's lock (which is what orders a partial
+    before its final), so ``on_transcript`` must not call back into the session.
+    ``on_error`` is called at most once, after which the session ignores further
+    audio. ``close`` is idempotent and never raises.
     """
 
     def __init__(
