@@ -252,7 +252,10 @@ async def test_actions_reach_the_process_that_holds_the_call_and_a_dead_one_drop
     c = _caller(a.ws, [Pause(1.0), Say("I need a plumber"), WaitForReply(timeout=15), Pause(30.0)])
     async with trio.open_nursery() as nursery:
         nursery.start_soon(c.run)
-        calls = await _until(lambda: b.get("/admin/calls?state=live")[1]["calls"], 20, "the call on b")
+        # The record is stored at the call's start; its holder is published with the
+        # next heartbeat (up to heartbeat_s later), so wait for a row that names it.
+        calls = await _until(lambda: [c for c in b.get("/admin/calls?state=live")[1]["calls"] if c.get("process")],
+                             20, "the call on b, with its process")
         sid, holder = calls[0]["sid"], calls[0]["process"]
         assert holder == a.get("/admin/tree")[1]["process"]  # a holds it; b answers for it
         tree = await _until(lambda: _live_tree(b, sid), 10, "the tree through b")
