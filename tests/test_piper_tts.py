@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -71,6 +72,32 @@ def test_a_sentence_heard_before_comes_from_the_cache(piper: PiperTts) -> None:
     list(uncached.synthesize(text, language="en-US"))
     list(uncached.synthesize(text, language="en-US"))
     assert uncached._cache.hits == 0
+
+
+def test_calls_asking_for_the_same_new_sentence_together_compute_it_once() -> None:
+    voice = PiperTts()
+    runs = []
+    real_run = voice._session.run
+
+    def counting_run(*args, **kwargs):  # type: ignore[no-untyped-def]
+        runs.append(1)
+        return real_run(*args, **kwargs)
+
+    voice._session.run = counting_run  # type: ignore[method-assign]
+    barrier = threading.Barrier(5)
+    heard: list[bytes] = []
+
+    def call() -> None:
+        barrier.wait()
+        heard.append(b"".join(voice.synthesize("Thanks for calling, we will be in touch.", language="en-US")))
+
+    threads = [threading.Thread(target=call) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(heard)) == 1 and len(heard) == 5
+    assert len(runs) == 2  # two pieces, each computed once
 
 
 def test_cancel_stops_between_chunks(piper: PiperTts) -> None:

@@ -16,9 +16,10 @@ Latency: a VITS model synthesizes a whole input at once, so a long sentence is c
 at clause punctuation into pieces of at least ``min_clause_words`` words (a first
 piece longer than ``first_max_words`` once more, before a conjunction or
 preposition) and spoken piece by piece; the first piece's audio leaves while the
-rest is computed, and first pieces go ahead of later ones in the slot queue. A
-sentence spoken to its end is cached (``cache_bytes``, least recently used out):
-a business's prompts and answers come back at once the second time.
+rest is computed, and first pieces go ahead of later ones in the slot queue. Pieces
+are cached (``cache_bytes``, least recently used out) and computed once when many
+calls ask for the same one together: a business's prompts and answers come back at
+once the second time.
 Each piece is resampled alone; VITS output starts and ends in near-silence at a
 clause boundary, so the seams do not click.
 
@@ -40,7 +41,7 @@ import logging
 import re
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -96,30 +97,50 @@ def split_clauses(text: str, min_words: int, first_max_words: int = 0) -> list[s
 
 
 class _AudioCache:
-    """Finished sentences' μ-law audio, least recently used out past ``max_bytes`` (thread-safe).
+    """Spoken pieces' μ-law audio, least recently used out past ``max_bytes`` (thread-safe),
+    computed once however many calls ask for a piece at the same time.
 
-    A business repeats itself (prompts, FAQ answers, the confirmation's frame): a sentence
-    heard before is sent at once instead of being computed again. Only a sentence
-    synthesized to its end is kept; 0 bytes disables the cache."""
+    A business repeats itself (prompts, FAQ answers, the frame around a name): a piece
+    heard before is sent at once instead of being computed again, and when fifty calls
+    start the same reply together, one computes each piece while the others wait for it
+    (single flight) instead of fifty syntheses of one sentence fighting for the cores.
+    0 bytes disables it (every piece computed by its caller)."""
 
     def __init__(self, max_bytes: int) -> None:
         from collections import OrderedDict
 
         self._max = max(0, max_bytes)
         self._items: "OrderedDict[str, bytes]" = OrderedDict()
+        self._inflight: dict[str, threading.Event] = {}
         self._size = 0
         self._lock = threading.Lock()
         self.hits = 0
 
-    def get(self, key: str) -> bytes | None:
-        with self._lock:
-            audio = self._items.get(key)
-            if audio is not None:
-                self._items.move_to_end(key)
-                self.hits += 1
+    def get_or_compute(self, key: str, compute: Callable[[], bytes]) -> bytes:
+        if not self._max:
+            return compute()
+        while True:
+            with self._lock:
+                audio = self._items.get(key)
+                if audio is not None:
+                    self._items.move_to_end(key)
+                    self.hits += 1
+                    return audio
+                pending = self._inflight.get(key)
+                if pending is None:
+                    pending = self._inflight[key] = threading.Event()
+                    break
+            pending.wait()  # another call is computing this piece; then it is cached (or failed: try)
+        try:
+            audio = compute()
+            self._put(key, audio)
             return audio
+        finally:
+            with self._lock:
+                del self._inflight[key]
+            pending.set()
 
-    def put(self, key: str, audio: bytes) -> None:
+    def _put(self, key: str, audio: bytes) -> None:
         if not audio or len(audio) > self._max // 8:
             return
         with self._lock:
@@ -295,28 +316,22 @@ class PiperTts:
         clean = " ".join(_CONTROL.sub(" ", text or "").split())
         if not clean:
             return
-        cached = self._cache.get(clean)
-        if cached is not None:
-            for i in range(0, len(cached), self._chunk):
-                if cancel is not None and cancel.cancelled:
-                    return
-                yield cached[i : i + self._chunk]
-            return
-        whole = bytearray()
         for n, piece in enumerate(split_clauses(clean, self._min_clause, self._first_max)):
             if cancel is not None and cancel.cancelled:
                 return
-            pcm = self.synthesize_pcm(piece, priority=0 if n == 0 else 1)
-            if not pcm.size:
-                continue
-            out = ulaw_encode(resample_pcm16(pcm.astype("<i2").tobytes(), self.sample_rate, OUT_RATE))
-            whole += out
+            priority = 0 if n == 0 else 1
+            out = self._cache.get_or_compute(piece, lambda p=piece, q=priority: self._mulaw(p, q))
             # The piece's tail goes out too: it plays while the next piece is computed.
             for i in range(0, len(out), self._chunk):
                 if cancel is not None and cancel.cancelled:
                     return
                 yield out[i : i + self._chunk]
-        self._cache.put(clean, bytes(whole))
+
+    def _mulaw(self, piece: str, priority: int) -> bytes:
+        pcm = self.synthesize_pcm(piece, priority=priority)
+        if not pcm.size:
+            return b""
+        return ulaw_encode(resample_pcm16(pcm.astype("<i2").tobytes(), self.sample_rate, OUT_RATE))
 
     def close(self) -> None:
         close = getattr(self._fallback, "close", None)
