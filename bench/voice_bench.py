@@ -13,7 +13,8 @@
    the time to each first 8 kHz μ-law chunk, p50/p95/max, for espeak-ng and Piper.
 3. 50 calls: ``callengine serve`` with ``CALLENGINE_TTS=piper`` (the real embedded voice),
    the stub STT and LLM, and ``callengine loadtest --calls 50``: underruns, errors, CPU
-   per call, greeting and turn latencies.
+   per call, greeting p95; then the same with the stub TTS, the engine alone on the same
+   machine at the same time, for comparison (``--load-tts``).
 
 Timings on a shared machine are contended: run it on a quiet one (``nice`` only lowers
 this process's priority against others, it does not remove them).
@@ -128,16 +129,19 @@ def first_audio(settings: Any, concurrency: int, rounds: int) -> list[dict[str, 
     return rows
 
 
-def load(calls: int, duration: float, out: Path) -> dict[str, Any] | None:
+def load(calls: int, duration: float, out: Path, tts: str = "piper") -> dict[str, Any] | None:
     from bench import run_bench as rb
 
     port = rb._free_port()
-    env = rb._env(CALLENGINE_TTS="piper", CALLENGINE_DATA_DIR=str(out / "var"))
+    env = rb._env(CALLENGINE_TTS=tts, CALLENGINE_DATA_DIR=str(out / f"var-{tts}"))
     server = [str(rb.VENV_BIN / "callengine"), "serve", "--host", "127.0.0.1", "--port", str(port)]
     args = argparse.Namespace(ramp_rate=10.0, duration=duration, script=None)
-    with rb._server(server, port, env, out / "serve-piper.log"):
-        return rb._loadtest(f"ws://127.0.0.1:{port}/twilio/media", calls, out / f"piper-n{calls}",
-                            {"peer": "callengine-piper", "workers": 1, "calls": calls}, args, env)
+    with rb._server(server, port, env, out / f"serve-{tts}.log"):
+        report = rb._loadtest(f"ws://127.0.0.1:{port}/twilio/media", calls, out / f"{tts}-n{calls}",
+                              {"peer": f"callengine-{tts}", "workers": 1, "calls": calls}, args, env)
+    if report is not None:
+        report["tts"] = tts
+    return report
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -155,12 +159,14 @@ def markdown(result: dict[str, Any]) -> str:
             out.append(f"| {r['voice']} | {r['concurrency']} ({r['n']} replies) | {r['p50_ms']} ms | "
                        f"**{r['p95_ms']} ms** | {r['max_ms']} ms |")
         out.append("")
-    rep = result.get("load")
-    if rep:
-        out += ["| calls (Piper voice, stub STT/LLM, 1 worker) | errors | underruns | CPU per call | greeting p95 |",
-                "|---|---|---|---|---|",
-                f"| {rep.get('concurrency')} | {rep.get('errors')} | **{rep.get('underruns')}** | "
-                f"{rep.get('cpu_pct_per_call')} % of a core | {rep.get('greeting_ms', {}).get('p95')} ms |", ""]
+    reports = [r for r in result.get("load") or [] if r]
+    if reports:
+        out += ["| voice (stub STT and LLM, 1 worker) | calls | errors | underruns | CPU per call | greeting p95 |",
+                "|---|---|---|---|---|---|"]
+        for rep in reports:
+            out.append(f"| {rep.get('tts')} | {rep.get('concurrency')} | {rep.get('errors')} | **{rep.get('underruns')}** | "
+                       f"{rep.get('cpu_pct_per_call')} % of a core | {rep.get('greeting_ms', {}).get('p95')} ms |")
+        out.append("")
     return "\n".join(out)
 
 
@@ -176,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="rounds of simultaneous replies (first audio)")
     p.add_argument("--calls", type=int, default=50, help="calls in the load test with the real voice")
     p.add_argument("--duration", type=float, default=30.0, help="seconds the load test keeps placing calls")
+    p.add_argument("--load-tts", default="piper,stub",
+                   help="voices of the load test, comma-separated (stub: the engine alone, for comparison)")
     p.add_argument("--skip-intelligibility", action="store_true", help="leave out the intelligibility runs")
     p.add_argument("--skip-first-audio", action="store_true", help="leave out the first-audio runs")
     p.add_argument("--skip-load", action="store_true", help="leave out the load test")
@@ -198,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_first_audio:
         result["first_audio"] = first_audio(settings, args.concurrency, args.rounds)
     if not args.skip_load:
-        result["load"] = load(args.calls, args.duration, out)
+        result["load"] = [load(args.calls, args.duration, out, tts) for tts in args.load_tts.split(",") if tts]
     (out / "voice.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     md = markdown(result)
     sys.stdout.write(md + "\n")
