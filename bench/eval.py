@@ -49,7 +49,7 @@ from bench.eval_data import SMOKE, DataError, LoadedClip, check_data, default_da
 from bench.eval_score import Counts, attribute_turns, score_pair
 from transports.caller import BargeIn, CallResult, Pause, Say, SimulatedCaller, WaitForReply
 
-__all__ = ["EvalOptions", "run_eval", "render_markdown", "main", "HostProcess", "start_host"]
+__all__ = ["EvalOptions", "run_eval", "rescore", "render_markdown", "main", "HostProcess", "start_host"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CALL_TIMEOUT_S = 900.0
@@ -252,6 +252,34 @@ class _Live:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _score_text(live: _Live, played: Sequence[LoadedClip], turns: Sequence[str]) -> None:
+    """Add one call's text figures to ``live``: its played clips against its stored turns."""
+    att = attribute_turns([c.reference for c in played], turns)
+    live.counts.add(att.counts)
+    live.utterances += len(played)
+    live.merged += len(att.merged)
+    for u, c in enumerate(played):
+        cid = c.clip.id
+        live.by_kind.setdefault(c.clip.kind, Counts()).add(att.per_utterance[u])
+        if u in att.dropped:
+            live.dropped.append(cid)
+        elif att.lost_start[u]:
+            live.onsets_lost.append(cid)
+        if u in att.split:
+            live.split.append(cid)
+        if att.lost_end[u]:
+            live.ends_lost.append(cid)
+        live.words_lost_start += att.lost_start[u] if u not in att.dropped else 0
+        live.words_lost_end += att.lost_end[u]
+        live.rows.append(
+            {
+                "clip": cid, "speaker": c.clip.speaker, "kind": c.clip.kind, "reference": c.reference,
+                "turns": [turns[t] for t in att.turns_of[u]], **att.per_utterance[u].as_dict(),
+                "lost_start": att.lost_start[u], "lost_end": att.lost_end[u],
+            }
+        )
+
+
 def _score_live(groups: Sequence[Sequence[LoadedClip]], results: Sequence[CallResult], records: Sequence[Any]) -> _Live:
     live = _Live()
     for clips, result, record in zip(groups, results, records):
@@ -263,32 +291,62 @@ def _score_live(groups: Sequence[Sequence[LoadedClip]], results: Sequence[CallRe
                 live.latencies.append(t.reply_latency_ms)
             elif t.speech_end_ms is not None:
                 live.no_reply += 1
-        turns = _transcripts(record)
-        att = attribute_turns([c.reference for c in played], turns)
-        live.counts.add(att.counts)
-        live.utterances += len(played)
-        live.merged += len(att.merged)
-        for u, c in enumerate(played):
-            cid = c.clip.id
-            live.by_kind.setdefault(c.clip.kind, Counts()).add(att.per_utterance[u])
-            if u in att.dropped:
-                live.dropped.append(cid)
-            elif att.lost_start[u]:
-                live.onsets_lost.append(cid)
-            if u in att.split:
-                live.split.append(cid)
-            if att.lost_end[u]:
-                live.ends_lost.append(cid)
-            live.words_lost_start += att.lost_start[u] if u not in att.dropped else 0
-            live.words_lost_end += att.lost_end[u]
-            live.rows.append(
-                {
-                    "clip": cid, "speaker": c.clip.speaker, "kind": c.clip.kind, "reference": c.reference,
-                    "turns": [turns[t] for t in att.turns_of[u]], **att.per_utterance[u].as_dict(),
-                    "lost_start": att.lost_start[u], "lost_end": att.lost_end[u],
-                }
-            )
+        _score_text(live, played, _transcripts(record))
     return live
+
+
+def _live_text_json(live: _Live) -> dict[str, Any]:
+    return {
+        "utterances": live.utterances,
+        "counts": live.counts.as_dict(),
+        "by_kind": {k: v.as_dict() for k, v in sorted(live.by_kind.items())},
+        "dropped": live.dropped,
+        "split": live.split,
+        "merged_turns": live.merged,
+        "onsets_lost": live.onsets_lost,
+        "words_lost_start": live.words_lost_start,
+        "ends_lost": live.ends_lost,
+        "words_lost_end": live.words_lost_end,
+        "rows": live.rows,
+    }
+
+
+def rescore(report: dict[str, Any], data_dir: Path | None = None) -> dict[str, Any]:
+    """Score a saved report again (after a change to the normaliser or the references)
+    from the transcripts it stored, without placing a call: the live text figures from
+    each call's stored transcripts and played clips, the offline ones from the stored
+    hypotheses. Timing figures are kept as measured."""
+    live = _Live()
+    calls = report["live"]["calls"]
+    rows = report["live"]["rows"]
+    if all("clips" in c for c in calls):
+        id_groups = [c["clips"] for c in calls]
+    else:  # reports that predate "clips": the calls were dealt round-robin, all played
+        ids = [r["clip"] for r in rows]
+        n = len(calls)
+        sizes = [len(range(i, len(ids), n)) for i in range(n)]
+        id_groups, k = [], 0
+        for size in sizes:
+            id_groups.append(ids[k : k + size])
+            k += size
+    by_id = {c.clip.id: c for c in load_clips(data_dir, tuple(i for g in id_groups for i in g))}
+    for ids, call in zip(id_groups, calls):
+        _score_text(live, [by_id[i] for i in ids], call["transcripts"])
+    out = dict(report)
+    out["live"] = {**report["live"], **_live_text_json(live)}
+    off = report.get("offline")
+    if off and "rows" in off:
+        total, by_kind, orows = Counts(), {}, []
+        for row in off["rows"]:
+            c = by_id.get(row["clip"]) or load_clips(data_dir, (row["clip"],))[0]
+            counts = score_pair(c.reference, row["hypothesis"])
+            total.add(counts)
+            by_kind.setdefault(c.clip.kind, Counts()).add(counts)
+            orows.append({"clip": row["clip"], "hypothesis": row["hypothesis"], **counts.as_dict()})
+        out["offline"] = {**off, "counts": total.as_dict(), "by_kind": {k: v.as_dict() for k, v in sorted(by_kind.items())}, "rows": orows}
+        if total.wer > 0:
+            out["engine_loss"] = round(live.counts.wer / total.wer, 2)
+    return out
 
 
 def _offline(clips: Sequence[LoadedClip], opts: EvalOptions) -> dict[str, Any]:
@@ -411,8 +469,11 @@ async def run_eval(opts: EvalOptions) -> dict[str, Any]:
     records = [await trio.to_thread.run_sync(_fetch_record, base, r.call_sid, opts.admin_token) for r in results]
     live = _score_live(groups, results, records)
     stored = [
-        {"call_sid": r.call_sid, "state": (rec or {}).get("state"), "transcripts": _transcripts(rec), "errors": r.errors}
-        for r, rec in zip(results, records)
+        {
+            "call_sid": r.call_sid, "state": (rec or {}).get("state"), "clips": [c.clip.id for c, t in zip(g, r.turns) if t.speech_end_ms is not None],
+            "transcripts": _transcripts(rec), "errors": r.errors,
+        }
+        for g, r, rec in zip(groups, results, records)
     ]
     report: dict[str, Any] = {
         "source": _source(),
@@ -425,17 +486,8 @@ async def run_eval(opts: EvalOptions) -> dict[str, Any]:
         "live_s": round(live_s, 1),
         "loadavg": os.getloadavg(),
         "live": {
-            "utterances": live.utterances,
+            **_live_text_json(live),
             "not_played": live.not_played,
-            "counts": live.counts.as_dict(),
-            "by_kind": {k: v.as_dict() for k, v in sorted(live.by_kind.items())},
-            "dropped": live.dropped,
-            "split": live.split,
-            "merged_turns": live.merged,
-            "onsets_lost": live.onsets_lost,
-            "words_lost_start": live.words_lost_start,
-            "ends_lost": live.ends_lost,
-            "words_lost_end": live.words_lost_end,
             "latency_ms": {
                 "n": len(live.latencies),
                 "p50": _percentile(live.latencies, 0.5),
@@ -443,7 +495,6 @@ async def run_eval(opts: EvalOptions) -> dict[str, Any]:
             },
             "no_reply": live.no_reply,
             "errors": live.errors,
-            "rows": live.rows,
             "calls": stored,
         },
     }
@@ -551,6 +602,13 @@ def main(args: argparse.Namespace) -> int:
         admin_token=os.environ.get("CALLENGINE_ADMIN_TOKEN", ""),
         auth_token=os.environ.get("TWILIO_AUTH_TOKEN", ""),
     )
+    if getattr(args, "rescore", None):
+        try:
+            report = rescore(json.loads(Path(args.rescore).read_text()), opts.data_dir)
+        except (OSError, ValueError, KeyError, DataError) as exc:
+            sys.stderr.write(f"callengine eval: cannot rescore {args.rescore}: {exc!r}\n")
+            return 2
+        return _emit(report, args)
     host: HostProcess | None = None
     try:
         check_data(opts.data_dir)  # before a host is started for nothing
@@ -567,6 +625,10 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if host is not None:
             host.stop()
+    return _emit(report, args)
+
+
+def _emit(report: dict[str, Any], args: argparse.Namespace) -> int:
     if args.out:
         write_outputs(report, Path(args.out))
     sys.stdout.write((json.dumps(report, indent=2, ensure_ascii=False) if args.json else render_markdown(report)) + "\n")

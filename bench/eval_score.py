@@ -17,7 +17,9 @@ conventions are not counted as recognition errors):
    and codes are spoken; ordinals (``1st``, ``22nd``) become ordinal words; a time
    ``9:30`` becomes ``nine thirty``; ``$5`` → ``five dollars``; ``oh`` inside a
    digit run (``three oh five``) is ``zero``;
-4. apostrophes are dropped (``it's`` → ``its``), hyphens split words
+4. contractions other than ``'s`` are expanded (``you're`` → ``you are``, ``can't``
+   and ``cannot`` → ``can not``, ``won't`` → ``will not``, ``I'm`` → ``i am``, ``'ll``,
+   ``'ve``, ``'d``); then apostrophes are dropped (``it's`` → ``its``), hyphens split words
    (``cold-hearted`` → ``cold hearted``), every other character that is not a
    letter or a digit ends a word;
 5. hesitation sounds (``uh``, ``um``, ``er``, ``ah``, ``hmm``, ``mm``) are removed.
@@ -49,6 +51,8 @@ _FILLERS = frozenset({"uh", "um", "er", "ah", "hmm", "mm", "erm", "uhm", "mhm"})
 _DIGIT_WORDS = frozenset(_ONES[:10])
 _SYMBOLS = {"&": " and ", "%": " percent ", "#": " pound ", "*": " star ", "+": " plus ", "@": " at "}
 
+_CONTRACTED = {"re": " are", "m": " am", "ll": " will", "ve": " have", "d": " would"}
+_CONTRACTIONS = re.compile(r"(?<=[a-z])'(re|m|ll|ve|d)\b")
 _TIME = re.compile(r"\b(\d{1,2}):(\d{2})\b")
 _MONEY = re.compile(r"\$(\d[\d,]*(?:\.\d+)?)")
 _THOUSANDS = re.compile(r"\b\d{1,3}(?:,\d{3})+\b")
@@ -126,6 +130,8 @@ def normalise(text: str) -> str:
     t = _DECIMAL.sub(lambda m: f" {m.group(1)} point " + " ".join(_ONES[int(d)] for d in m.group(2)) + " ", t)
     for sym, word in _SYMBOLS.items():
         t = t.replace(sym, word)
+    t = _CONTRACTIONS.sub(lambda m: _CONTRACTED[m.group(1)], t.replace("won't", "will not").replace("cannot", "can not"))
+    t = t.replace("can't", "can not").replace("n't", " not")
     t = t.replace("'", "").replace("-", " ")
     t = _NUMBER.sub(lambda m: f" {_digits_to_words(m.group(0))} ", t)
     out: list[str] = []
