@@ -3,7 +3,7 @@
 What it does, in order:
 
 1. **Live.** The utterances of :mod:`bench.eval_data` are dealt out round-robin to
-   ``--calls`` simulated Twilio calls placed at once (:class:`transports.caller.SimulatedCaller`:
+   ``--calls`` simulated Twilio calls placed at once (:class:`callsim.SimulatedCaller`:
    real-time 20 ms μ-law frames over the real WebSocket protocol). Each call waits
    for the greeting, then behaves as a caller does: says one utterance, waits for
    the agent's reply and hears it out, leaves a short pause, says the next. The
@@ -47,7 +47,7 @@ import trio
 
 from bench.eval_data import SMOKE, DataError, LoadedClip, check_data, default_data_dir, load_clips, load_noise
 from bench.eval_score import Counts, attribute_turns, score_pair
-from transports.caller import BargeIn, CallResult, Pause, Say, SimulatedCaller, WaitForReply
+from callsim import BargeIn, CallResult, Pause, Say, SimulatedCaller, WaitForReply
 
 __all__ = ["EvalOptions", "run_eval", "rescore", "render_markdown", "main", "HostProcess", "start_host"]
 
@@ -410,7 +410,7 @@ def _score_noise(noise: dict[str, Any], records: dict[str, Any], opts: EvalOptio
     silent_by_label = {t.label: t for t in r_silent.turns}
     barge_by_label = {t.label: t for t in r_speaking.turns if t.barge_in}
     for clip, audio in noises:
-        label = f"<audio {len(audio) / 8000:.2f} s>"  # as transports.caller labels an audio line
+        label = f"<audio {len(audio) / 8000:.2f} s>"  # as callsim's caller labels an audio line
         t_silent = silent_by_label.get(label)
         t_barge = barge_by_label.get(label)
         per.append(

@@ -1,6 +1,7 @@
 """``callengine loadtest``: N concurrent simulated Twilio calls against a host, and a latency report.
 
-Shape: one trio program (this process) runs N :class:`transports.caller.SimulatedCaller`
+Shape: one trio program (this process) runs the load generator
+(:mod:`callsim.loadgen`): N :class:`callsim.caller.SimulatedCaller`
 "slots", started evenly over ``--ramp`` seconds. Each slot places one call
 following the conversation script, and with ``--duration`` places calls back to
 back until that many seconds have passed since the test began, so about N calls
@@ -15,7 +16,7 @@ server): every script line is synthesized once, before any call starts, and
 handed to all callers as μ-law bytes (``Say(audio=...)``), so each line is also
 cut into frames and measured once per process; callers keep no received audio
 (``keep_audio=False``); a caller's tick is one timer wake-up and one ``send``
-(see ``transports/caller.py``: about 0.8 % of a core per call on the 2-core
+(see ``callsim/caller.py``: about 0.8 % of a core per call on the 2-core
 bench box, down from 1.3 % with ``trio_websocket``); nothing is logged per
 frame; psutil runs on a worker thread twice a second and walks the server's
 process tree every few seconds, not on every sample. Its own CPU use is
@@ -53,20 +54,24 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 import trio
 
-from transports.caller import BargeIn, CallResult, Pause, PressKey, Say, SimulatedCaller, Step, WaitForReply
+from callsim.loadgen import (
+    DEFAULT_SCRIPT,
+    LoadState,
+    ScriptError,
+    load_script,
+    parse_script,
+    place_calls,
+    script_labels,
+    synthesize_script,
+)
 
 __all__ = [
-    "ScriptError",
-    "DEFAULT_SCRIPT",
-    "load_script",
-    "parse_script",
     "injected_delays",
     "find_server_pids",
     "run_loadtest",
@@ -77,141 +82,6 @@ log = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL_S = 0.5
 TREE_REFRESH_S = 5.0  # how often the sampler looks for new server child processes
-CALL_TIMEOUT_S = 120.0
-
-#: Two turns and a barge-in on the second reply.
-DEFAULT_SCRIPT: list[dict[str, Any]] = [
-    {"say": "I need a plumber for a leaking pipe."},
-    {"wait_reply": 10},
-    {"pause": 0.5},
-    {"say": "Can you come tomorrow morning?"},
-    {"barge_in": "Wait, one more thing.", "after_ms": 500},
-    {"wait_reply": 10},
-]
-
-
-class ScriptError(ValueError):
-    """A conversation script is malformed; the message names the step."""
-
-
-# ------------------------------------------------------------------ the script
-
-
-@dataclass(frozen=True, slots=True)
-class _Line:
-    text: str
-    voice: str
-    rate_wpm: int
-
-
-def _num(step: dict[str, Any], key: str, i: int, default: float | None = None, *, minimum: float = 0.0) -> float:
-    value = step.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise ScriptError(f"step {i}: {key!r} must be a number >= {minimum}, got {value!r}")
-    return float(value)
-
-
-def _text(step: dict[str, Any], key: str, i: int) -> str:
-    value = step.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise ScriptError(f"step {i}: {key!r} must be a non-empty string, got {value!r}")
-    return value
-
-
-def parse_script(data: Any) -> list[dict[str, Any]]:
-    """Validate a script (a JSON list of step objects) and return it unchanged.
-
-    Steps: ``{"say": TEXT}``, ``{"pause": SECONDS}``, ``{"wait_reply": TIMEOUT_S}``,
-    ``{"barge_in": TEXT, "after_ms": MS}``, ``{"dtmf": DIGIT}``; ``say`` and
-    ``barge_in`` also take ``voice`` (espeak-ng) and ``rate_wpm``. Raises
-    :class:`ScriptError` naming the first bad step.
-    """
-    if not isinstance(data, list) or not data:
-        raise ScriptError("a script is a non-empty JSON list of steps")
-    kinds = ("say", "pause", "wait_reply", "barge_in", "dtmf")
-    for i, step in enumerate(data):
-        if not isinstance(step, dict):
-            raise ScriptError(f"step {i}: expected an object, got {step!r}")
-        present = [k for k in kinds if k in step]
-        if len(present) != 1:
-            raise ScriptError(f"step {i}: needs exactly one of {', '.join(kinds)}, got keys {sorted(step)}")
-        kind = present[0]
-        if kind in ("say", "barge_in"):
-            _text(step, kind, i)
-            if "voice" in step:
-                _text(step, "voice", i)
-            if "rate_wpm" in step:
-                _num(step, "rate_wpm", i, minimum=80)
-            if kind == "barge_in":
-                _num(step, "after_ms", i, 300)
-                _num(step, "timeout", i, 10.0, minimum=0.1)
-        elif kind == "pause":
-            _num(step, "pause", i)
-        elif kind == "wait_reply":
-            _num(step, "wait_reply", i, minimum=0.1)
-        elif kind == "dtmf":
-            digit = step["dtmf"]
-            if not isinstance(digit, str) or len(digit) != 1 or digit not in "0123456789*#":
-                raise ScriptError(f"step {i}: 'dtmf' must be one of 0-9 * #, got {digit!r}")
-    return data
-
-
-def load_script(path: str | None) -> list[dict[str, Any]]:
-    """The script in ``path`` (JSON), or :data:`DEFAULT_SCRIPT`."""
-    if not path:
-        return DEFAULT_SCRIPT
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ScriptError(f"cannot read script {path}: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise ScriptError(f"script {path} is not JSON: {exc}") from exc
-    return parse_script(data)
-
-
-def _lines(script: list[dict[str, Any]]) -> dict[int, _Line]:
-    out: dict[int, _Line] = {}
-    for i, step in enumerate(script):
-        for kind in ("say", "barge_in"):
-            if kind in step:
-                out[i] = _Line(step[kind], step.get("voice", "en-us"), int(step.get("rate_wpm", 160)))
-    return out
-
-
-async def synthesize_script(script: list[dict[str, Any]]) -> list[Step]:
-    """Synthesize every distinct line once (espeak-ng, on worker threads) and build the steps."""
-    from transports.caller_voice import VoiceUnavailable, synthesize_line
-
-    lines = _lines(script)
-    audio: dict[_Line, bytes] = {}
-    for line in set(lines.values()):
-        try:
-            audio[line] = await trio.to_thread.run_sync(synthesize_line, line.text, line.voice, line.rate_wpm)
-        except (VoiceUnavailable, ValueError) as exc:
-            raise ScriptError(f"cannot synthesize {line.text!r}: {exc}") from exc
-    steps: list[Step] = []
-    for i, step in enumerate(script):
-        if "say" in step:
-            steps.append(Say(audio=audio[lines[i]]))
-        elif "barge_in" in step:
-            steps.append(
-                BargeIn(
-                    after_ms=int(step.get("after_ms", 300)),
-                    audio=audio[lines[i]],
-                    timeout=float(step.get("timeout", 10.0)),
-                )
-            )
-        elif "pause" in step:
-            steps.append(Pause(seconds=float(step["pause"])))
-        elif "wait_reply" in step:
-            steps.append(WaitForReply(timeout=float(step["wait_reply"])))
-        elif "dtmf" in step:
-            steps.append(PressKey(digit=step["dtmf"]))
-    return steps
-
-
-def _labels(script: list[dict[str, Any]]) -> list[str]:
-    return [step.get("say") or step.get("barge_in") for step in script if "say" in step or "barge_in" in step]
 
 
 # ------------------------------------------------------------------ injected delays
@@ -335,38 +205,6 @@ class _Sampler:
 
 # ------------------------------------------------------------------ the run
 
-
-@dataclass
-class _State:
-    active: int = 0
-    results: list[CallResult] = field(default_factory=list)
-    started: int = 0
-
-
-async def _slot(url: str, steps: list[Step], index: int, start_at: float, until: float, state: _State) -> None:
-    await trio.sleep_until(start_at)
-    n = 0
-    while True:
-        caller = SimulatedCaller(
-            url,
-            steps,
-            custom_parameters={"from": f"+1555{index:04d}{n:03d}"[:12], "to": ""},
-            keep_audio=False,
-            call_timeout=CALL_TIMEOUT_S,
-            auth_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
-        )
-        state.active += 1
-        state.started += 1
-        try:
-            result = await caller.run()
-        finally:
-            state.active -= 1
-        state.results.append(result)
-        n += 1
-        if trio.current_time() >= until:
-            return
-
-
 def _http_json(url: str, token: str | None = None, timeout: float = 5.0) -> Any:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -440,7 +278,7 @@ async def run_loadtest(
 
     sampler = _Sampler(pids)
     await trio.to_thread.run_sync(sampler.prime)
-    state = _State()
+    state = LoadState()
     t_begin = trio.current_time()
     wall_begin = time.time()
     until = t_begin + duration
@@ -456,10 +294,7 @@ async def run_loadtest(
     await trio.to_thread.run_sync(sampler.sample, trio.current_time() - t_begin, 0)  # baseline
     async with trio.open_nursery() as outer:
         outer.start_soon(sample_forever)
-        async with trio.open_nursery() as nursery:
-            for i in range(calls):
-                start_at = trio.current_time() + (ramp * i / calls if calls > 1 else 0.0)
-                nursery.start_soon(_slot, url, steps, i, start_at, until, state)
+        await place_calls(url, steps, calls=calls, ramp=ramp, until=until, state=state)
         outer.cancel_scope.cancel()
     elapsed = trio.current_time() - t_begin
 
@@ -481,7 +316,7 @@ async def run_loadtest(
             "elapsed_s": round(elapsed, 1),
             "started_at": wall_begin,
             "script": script,
-            "lines": _labels(script),
+            "lines": script_labels(script),
             "server_pids": pids,
             "server_pids_missing": sampler.missing,
             "server": health,

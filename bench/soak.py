@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from bench.loadtest import DEFAULT_SCRIPT, parse_script, synthesize_script
+from callsim.loadgen import DEFAULT_SCRIPT, parse_script, synthesize_script
 
 __all__ = ["main", "build_parser"]
 
@@ -120,7 +120,7 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 120
 
 async def soak(url: str, pids: list[int], calls: int, minutes: float, interval_s: float = 60.0) -> dict[str, Any]:
     """Run the calls and the sampler; the report (rows per interval)."""
-    from transports.caller import SimulatedCaller
+    from callsim import SimulatedCaller
 
     steps = await synthesize_script(parse_script(DEFAULT_SCRIPT))
     rows: list[dict[str, Any]] = []

@@ -23,7 +23,7 @@ import trio
 from engine import admin_view as view
 from engine.presence import Presence
 from tests.conftest_host import ADMIN_TOKEN, TWILIO_TOKEN, HostProcess, start_host
-from transports.caller import Pause, Say, SimulatedCaller, WaitForReply
+from callsim import Pause, Say, SimulatedCaller, WaitForReply
 
 STUBS = {"CALLENGINE_STT": "stub", "CALLENGINE_TTS": "stub", "CALLENGINE_LLM": "stub"}
 

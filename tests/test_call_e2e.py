@@ -18,7 +18,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from tests.conftest_host import TWILIO_TOKEN, HostProcess, host  # noqa: F401
-from transports.caller import BargeIn, Pause, PressKey, Say, SimulatedCaller, WaitForReply
+from callsim import BargeIn, Pause, PressKey, Say, SimulatedCaller, WaitForReply
 from transports.signature import compute
 from transports.twilio import CallerSideStream
 

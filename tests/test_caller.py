@@ -21,7 +21,7 @@ from trio_websocket import ConnectionClosed, serve_websocket
 
 from engine.audio import frames, ulaw_encode
 from transports import signature
-from transports.caller import (
+from callsim import (
     BargeIn,
     CallResult,
     Pause,
@@ -31,7 +31,7 @@ from transports.caller import (
     WaitForReply,
     render_timeline,
 )
-from transports.caller_voice import synthesize_line
+from callsim.voice import synthesize_line
 from transports.twilio import Dtmf, Mark, Media, Start, Stop, TwilioStream
 
 SILENCE = b"\xff" * 160
@@ -378,10 +378,10 @@ async def test_oversized_engine_message_ends_the_call_with_an_error() -> None:
 
 
 async def test_socket_writes_queue_in_order_when_the_kernel_buffer_is_full() -> None:
-    from transports.caller import _SocketConn
+    from callsim.websocket import SocketConn
 
     a, b = socket.socketpair()
-    conn = _SocketConn(a)
+    conn = SocketConn(a)
     peer = trio.socket.from_stdlib_socket(b)
     chunks = [bytes([i % 256]) * 65536 for i in range(64)]  # 4 MiB: more than the socket buffers
     for chunk in chunks:
@@ -415,27 +415,27 @@ def test_masked_text_frames_decode_as_the_server_sees_them(size: int) -> None:
     from wsproto.connection import Connection, ConnectionType
     from wsproto.events import TextMessage
 
-    from transports.caller import _masked_text_frame
+    from callsim.websocket import masked_text_frame
 
     text = ("é{\"x\":1}" * size)[:size]
-    frame = _masked_text_frame(text)
+    frame = masked_text_frame(text)
     assert frame[0] == 0x81 and frame[1] & 0x80  # FIN + text, masked
     server = Connection(ConnectionType.SERVER)  # rejects unmasked client frames
     server.receive_data(frame)
     events = list(server.events())
     assert len(events) == 1 and isinstance(events[0], TextMessage)
     assert events[0].data == text and events[0].message_finished
-    assert _masked_text_frame(text) != frame  # a fresh masking key per frame
+    assert masked_text_frame(text) != frame  # a fresh masking key per frame
 
 
 def test_line_frames_are_measured_once_per_line() -> None:
-    from transports.caller import _line_frames
+    from callsim.playback import line_frames
 
     line = b"\xff" * 800 + tone(0.3) + b"\xff" * 800
-    frames_, first, last = _line_frames(line)
+    frames_, first, last = line_frames(line)
     assert len(frames_) == len(line) // 160 and (first, last) == (5, 19)
-    assert _line_frames(line) is _line_frames(line)
-    assert _line_frames(b"\xff" * 320)[1:] == (0, 1)  # nothing voiced: the whole line
+    assert line_frames(line) is line_frames(line)
+    assert line_frames(b"\xff" * 320)[1:] == (0, 1)  # nothing voiced: the whole line
 
 
 def test_script_validation() -> None:
@@ -454,7 +454,7 @@ def test_script_validation() -> None:
             SimulatedCaller(bad_url, [])
 
 
-# ------------------------------------------------------------------ caller_voice (espeak-ng)
+# ------------------------------------------------------------------ callsim.voice (espeak-ng)
 
 
 def test_synthesize_line_is_8khz_mulaw_speech() -> None:
@@ -464,7 +464,7 @@ def test_synthesize_line_is_8khz_mulaw_speech() -> None:
     assert synthesize_line("Hello, I would like to book a table for two.") is audio  # cached
     with pytest.raises(ValueError):
         synthesize_line("   ")
-    from transports.caller_voice import VoiceUnavailable
+    from callsim.voice import VoiceUnavailable
 
     with pytest.raises(VoiceUnavailable, match="voice"):
         synthesize_line("hello", voice="xx-no-such-voice")

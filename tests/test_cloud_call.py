@@ -41,7 +41,7 @@ from tests.conftest_host import TWILIO_TOKEN, HostProcess, start_host
 from tests.peers.openai_peer import OpenAIPeer, Rule
 from tests.peers.speech_peer import SpeechPeer
 from tests.peers.tts_peer import TtsPeer
-from transports.caller import CallResult, Pause, Say, SimulatedCaller, Step, WaitForReply
+from callsim import CallResult, Pause, Say, SimulatedCaller, Step, WaitForReply
 from transports.twilio import Media
 
 # ---------------------------------------------------------------------- the peers' behaviour

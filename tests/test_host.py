@@ -166,7 +166,7 @@ async def test_a_caller_that_stops_reading_is_hung_up_on_and_no_other_call_is_to
     from wsproto.events import AcceptConnection, Request, TextMessage
 
     from engine.hypercorn_fixes import WRITE_TIMEOUT_S
-    from transports.caller import Pause, SimulatedCaller
+    from callsim import Pause, SimulatedCaller
     from transports.signature import compute
     from transports.twilio import CallerSideStream
 

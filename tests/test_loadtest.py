@@ -17,7 +17,8 @@ from typing import Iterator
 import pytest
 
 from bench import report as rpt
-from bench.loadtest import DEFAULT_SCRIPT, ScriptError, injected_delays, load_script, main, parse_script, run_loadtest
+from bench.loadtest import injected_delays, main, run_loadtest
+from callsim.loadgen import DEFAULT_SCRIPT, ScriptError, load_script, parse_script
 from engine.config import load_settings
 from tests.conftest_host import ADMIN_TOKEN, TWILIO_TOKEN, HostProcess, start_host
 

@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from tests.conftest_host import TWILIO_TOKEN, HostProcess, start_host
-from transports.caller import Pause, Say, SimulatedCaller, WaitForReply
+from callsim import Pause, Say, SimulatedCaller, WaitForReply
 
 STUBS = {"CALLENGINE_STT": "stub", "CALLENGINE_TTS": "stub", "CALLENGINE_LLM": "stub"}
 

@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from tests.conftest_host import ADMIN_TOKEN, ROOT, TWILIO_TOKEN, HostProcess, free_port, start_host
-from transports.caller import Pause, Say, SimulatedCaller, WaitForReply
+from callsim import Pause, Say, SimulatedCaller, WaitForReply
 
 STUBS = {"CALLENGINE_STT": "stub", "CALLENGINE_TTS": "stub", "CALLENGINE_LLM": "stub"}
 CONF = ROOT / "deploy" / "nginx-two-hosts.conf"

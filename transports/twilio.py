@@ -15,7 +15,7 @@ Two protocol objects, one per end of the socket:
   serializes what we send. The transport actor owns exactly one per call and feeds
   it every WebSocket message from its single read loop.
 * :class:`CallerSideStream` is Twilio's end, used by the simulated caller
-  (``transports/caller.py``) and by tests: it serializes what Twilio sends and parses
+  (``callsim/caller.py``) and by tests: it serializes what Twilio sends and parses
   what the engine sends.
 
 Peer errors vs local errors (as in h11): bad input from the peer never raises from

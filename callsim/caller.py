@@ -20,7 +20,7 @@ opens a real client WebSocket (RFC 6455: HTTP/1.1 upgrade, masked client frames;
   and the socket.
 
 Structure (one trio nursery per call; it owns every task; the call's
-:class:`_WebSocket` and its socket are owned by ``run()`` and closed on every exit
+:class:`ClientWebSocket` and its socket are owned by ``run()`` and closed on every exit
 path; nothing outlives ``run()``):
 
 * the *clock* task: the 20 ms tick; sends one inbound frame and plays one
@@ -52,7 +52,7 @@ Cost. The load tester runs many callers in one process on the cores of the serve
 under test, so per-tick cost matters. On ``ws://`` the caller owns a plain
 non-blocking socket: a tick is one timer wake-up and one ``send`` system call; a
 received message is one readiness wake-up and one ``recv``. Script lines are cut
-into frames and classified voiced/unvoiced once per process (:func:`_line_frames`).
+into frames and classified voiced/unvoiced once per process (:func:`line_frames`).
 ``wss://`` goes through ``trio.SSLStream`` and the flusher task (a wake-up per
 message; fine for single calls, not meant for load).
 
@@ -68,561 +68,32 @@ task driving every caller's tick (measured: no gain beyond noise, because on thi
 kind of machine what a tick costs is the event loop's wake-up itself, and the
 phases of the calls must stay independent, as real calls' are).
 """
-
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import math
-import os
-import secrets
-import socket
-import ssl
-import struct
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Mapping, Sequence, Union
+from typing import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import trio
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import (
-    AcceptConnection,
-    CloseConnection,
-    Message,
-    Ping,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
-from wsproto.handshake import H11Handshake
-from wsproto.utilities import RemoteProtocolError
 
-from engine.audio import MULAW_SILENCE, frames, rms_pcm16, ulaw_decode
+from callsim.playback import FRAME_BYTES, Playback, line_frames
+from callsim.script import BargeIn, CallResult, Pause, PressKey, Say, Step, Turn, WaitForReply, new_call_sid, new_stream_sid
+from callsim.websocket import DISCONNECT_TIMEOUT_S, ClientWebSocket, ConnectError
+from engine.audio import MULAW_SILENCE
 from transports.signature import compute as compute_signature
 from transports.twilio import CallerSideStream, Clear, Mark, Media, ProtocolViolation, State
 
-__all__ = [
-    "Say",
-    "Pause",
-    "WaitForReply",
-    "BargeIn",
-    "PressKey",
-    "Step",
-    "Turn",
-    "CallResult",
-    "SimulatedCaller",
-    "render_timeline",
-    "new_call_sid",
-    "new_stream_sid",
-]
+__all__ = ["SimulatedCaller"]
 
 log = logging.getLogger(__name__)
 
-FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
 FRAME_S = 0.020
 _SILENCE_FRAME = MULAW_SILENCE * FRAME_BYTES
 _UNDERRUN_GAP_MS = 40.0  # a gap longer than this inside one agent utterance is an underrun
 _LATE_S = 0.020  # a tick sent more than one frame late counts as late
-_VOICED_RMS = 100.0  # PCM16 RMS (about -50 dBFS) above which a frame counts as speech
-_MAX_MESSAGE_BYTES = 1024 * 1024  # larger engine messages end the call (close code 1009)
-_DISCONNECT_TIMEOUT_S = 2.0  # how long our close handshake waits for the server's Close
-_RECV_BYTES = 16 * 1024
-
-
-# ------------------------------------------------------------------ script steps
-
-
-@dataclass(frozen=True, slots=True)
-class Say:
-    """Speak a line: ``text`` (synthesized with espeak-ng) or ``audio`` (8 kHz μ-law)."""
-
-    text: str | None = None
-    audio: bytes | None = None
-    voice: str = "en-us"
-    rate_wpm: int = 160
-
-    def __post_init__(self) -> None:
-        if (self.text is None) == (self.audio is None):
-            raise ValueError("Say needs exactly one of text= or audio=")
-        if self.audio is not None and not self.audio:
-            raise ValueError("Say audio is empty")
-
-
-@dataclass(frozen=True, slots=True)
-class Pause:
-    """Stay silent (silence frames keep flowing) for ``seconds``."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class WaitForReply:
-    """Wait until agent audio arrived after our last speech and playback finished
-    (buffer empty for the caller's ``settle`` gap). ``timeout`` bounds the wait for
-    the reply's first frame; hearing it out is bounded by ``max_reply_s``."""
-
-    timeout: float = 10.0
-    max_reply_s: float = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class BargeIn:
-    """Wait until agent audio is playing (after our last speech), let ``after_ms``
-    of it play, then speak over it."""
-
-    after_ms: int = 300
-    text: str | None = None
-    audio: bytes | None = None
-    voice: str = "en-us"
-    rate_wpm: int = 160
-    timeout: float = 10.0
-
-    def __post_init__(self) -> None:
-        if (self.text is None) == (self.audio is None):
-            raise ValueError("BargeIn needs exactly one of text= or audio=")
-
-
-@dataclass(frozen=True, slots=True)
-class PressKey:
-    """Send a DTMF digit."""
-
-    digit: str
-
-
-Step = Union[Say, Pause, WaitForReply, BargeIn, PressKey]
-
-
-# ------------------------------------------------------------------ results
-
-
-@dataclass(slots=True)
-class Turn:
-    """One caller utterance and the agent's answer to it (times in ms since start)."""
-
-    index: int
-    label: str
-    barge_in: bool = False
-    speech_start_ms: float | None = None
-    speech_end_ms: float | None = None
-    reply_first_frame_ms: float | None = None
-    clear_ms: float | None = None  # barge-in turns: from our speech start to the agent's clear
-
-    @property
-    def reply_latency_ms(self) -> float | None:
-        """``reply_first_frame_ms - speech_end_ms`` (None until both are known)."""
-        if self.reply_first_frame_ms is None or self.speech_end_ms is None:
-            return None
-        return self.reply_first_frame_ms - self.speech_end_ms
-
-
-@dataclass(slots=True)
-class CallResult:
-    """Everything one simulated call measured. Filled by the caller's tasks; read it
-    after ``SimulatedCaller.run()`` returns."""
-
-    call_sid: str
-    stream_sid: str
-    connected: bool = False
-    greeting_first_frame_ms: float | None = None
-    turns: list[Turn] = field(default_factory=list)
-    received_audio: bytearray = field(default_factory=bytearray)  # agent audio, as received
-    received_bytes: int = 0
-    heard_bytes: int = 0
-    marks_received: int = 0
-    marks_echoed: list[tuple[str, float]] = field(default_factory=list)  # (name, ms)
-    clears_received: list[float] = field(default_factory=list)  # ms of each clear
-    underruns: int = 0
-    violations: collections.Counter = field(default_factory=collections.Counter)
-    frames_sent: int = 0
-    late_frames: int = 0
-    dtmf_sent: int = 0
-    duration_ms: float = 0.0
-    closed_by_server: bool = False
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """Connected, ran the script to its end, and nothing timed out or failed
-        (a hang-up by the server before the caller's ``stop`` is an error)."""
-        return self.connected and not self.errors
-
-    @property
-    def received_seconds(self) -> float:
-        return self.received_bytes / 8000.0
-
-
-def new_call_sid() -> str:
-    """A Twilio-shaped Call SID: ``CA`` + 32 hex digits."""
-    return "CA" + secrets.token_hex(16)
-
-
-def new_stream_sid() -> str:
-    """A Twilio-shaped Stream SID: ``MZ`` + 32 hex digits."""
-    return "MZ" + secrets.token_hex(16)
-
-
-# ------------------------------------------------------------------ the WebSocket
-
-
-class _Conn:
-    """A byte pipe under one :class:`_WebSocket` (plain socket or TLS stream).
-
-    ``write`` never blocks and never raises: what cannot go out now waits in
-    order in ``_backlog`` behind earlier bytes, for the flusher task
-    (``flush_forever``), which sleeps until there is some; a dead connection
-    sets ``broken`` (later writes are dropped). ``receive_some`` returns ``b""``
-    at end of stream or on a reset. One task reads; ``drain`` runs in one task
-    at a time.
-    """
-
-    __slots__ = ("_backlog", "_wake", "broken")
-
-    def __init__(self) -> None:
-        self._backlog = bytearray()
-        self._wake: trio.Event | None = None
-        self.broken = False
-
-    def _queue(self, data: bytes) -> None:
-        self._backlog += data
-        if self._wake is not None:
-            self._wake.set()
-
-    def write(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    async def drain(self) -> None:
-        raise NotImplementedError
-
-    async def receive_some(self) -> bytes:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        raise NotImplementedError
-
-    async def flush_forever(self) -> None:
-        """The flusher task: asleep until a write left bytes in the backlog."""
-        while not self.broken:
-            if not self._backlog:
-                self._wake = trio.Event()
-                await self._wake.wait()
-                self._wake = None
-            await self.drain()
-
-
-class _SocketConn(_Conn):
-    """A plain TCP connection on a non-blocking stdlib socket, waited on with
-    ``trio.lowlevel.wait_readable``/``wait_writable`` (the load tester's path).
-
-    Why not ``trio.SocketStream``: every ``send_all`` and ``receive_some`` ends in a
-    checkpoint (an extra scheduling round per message), and ``recv`` is tried
-    before waiting (a failed system call per message). Here a write is one
-    ``send``; a read is one wake-up and one ``recv``.
-    """
-
-    __slots__ = ("_sock",)
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        sock.setblocking(False)
-        self._sock = sock
-
-    @classmethod
-    async def connect(cls, host: str, port: int) -> "_SocketConn":
-        stream = await trio.open_tcp_stream(host, port)  # happy eyeballs; sets TCP_NODELAY
-        return cls(socket.socket(fileno=stream.socket.detach()))
-
-    def write(self, data: bytes) -> None:
-        if self.broken:
-            return
-        if not self._backlog:
-            try:
-                sent = self._sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.broken = True
-                return
-            if sent == len(data):
-                return
-            data = data[sent:]
-        self._queue(data)
-
-    async def drain(self) -> None:
-        """Write the backlog as the socket accepts it (returns at once when empty)."""
-        while self._backlog and not self.broken:
-            await trio.lowlevel.wait_writable(self._sock)
-            try:
-                sent = self._sock.send(self._backlog)
-            except BlockingIOError:
-                continue
-            except OSError:
-                self.broken = True
-                return
-            del self._backlog[:sent]
-
-    async def receive_some(self) -> bytes:
-        while True:
-            await trio.lowlevel.wait_readable(self._sock)
-            try:
-                return self._sock.recv(_RECV_BYTES)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return b""
-
-    async def aclose(self) -> None:
-        trio.lowlevel.notify_closing(self._sock)
-        self._sock.close()
-        self.broken = True
-
-
-class _StreamConn(_Conn):
-    """Any trio stream (TLS for ``wss://``); writes are queued and sent by the flusher."""
-
-    __slots__ = ("_stream",)
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        super().__init__()
-        self._stream = stream
-
-    @classmethod
-    async def connect(cls, host: str, port: int) -> "_StreamConn":
-        stream = await trio.open_ssl_over_tcp_stream(
-            host, port, ssl_context=ssl.create_default_context(), https_compatible=True
-        )
-        return cls(stream)
-
-    def write(self, data: bytes) -> None:
-        if not self.broken:
-            self._queue(data)
-
-    async def drain(self) -> None:
-        """Send the backlog. Each ``send_all`` is shielded (bounded by
-        ``_DISCONNECT_TIMEOUT_S``): a cancelled ``send_all`` may have sent part of
-        its bytes, and a message cut in half would corrupt the stream."""
-        while self._backlog and not self.broken:
-            data = bytes(self._backlog)
-            self._backlog.clear()
-            with trio.CancelScope(shield=True) as scope:
-                scope.relative_deadline = _DISCONNECT_TIMEOUT_S
-                try:
-                    await self._stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self.broken = True
-            if scope.cancelled_caught:
-                self.broken = True
-
-    async def receive_some(self) -> bytes:
-        try:
-            return bytes(await self._stream.receive_some(_RECV_BYTES))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return b""
-
-    async def aclose(self) -> None:
-        self.broken = True
-        await trio.aclose_forcefully(self._stream)
-
-
-def _masked_text_frame(text: str) -> bytes:
-    """One unfragmented client text frame (RFC 6455 section 5.2): FIN + text opcode,
-    the MASK bit and length, a fresh 4-byte masking key from ``os.urandom`` (the
-    RFC asks for a strong source of entropy), the payload XOR-ed with the key.
-
-    Why not ``wsproto``'s ``send``: it builds the same bytes in 2.5x the time (a
-    ``bytearray`` copy per step and a per-byte table masker); this is the hottest
-    path of the load tester (one call per 20 ms tick per call). ``wsproto`` still
-    does the handshake, every control frame and all parsing. A whole unfragmented
-    data frame leaves ``wsproto``'s send state as it was.
-    """
-    payload = text.encode("utf-8")
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x81, 0x80 | n))
-    elif n < 65536:
-        header = struct.pack("!BBH", 0x81, 0xFE, n)
-    else:
-        header = struct.pack("!BBQ", 0x81, 0xFF, n)
-    key = os.urandom(4)
-    mask = int.from_bytes((key * ((n + 3) >> 2))[:n], "little")
-    return header + key + (int.from_bytes(payload, "little") ^ mask).to_bytes(n, "little")
-
-
-class _ConnectError(Exception):
-    """The connection or the upgrade failed; the message is the caller's error text."""
-
-
-class _WebSocket:
-    """The client end of one RFC 6455 WebSocket over a :class:`_Conn`. ``wsproto``
-    does the upgrade, the control frames (ping, close) and all parsing (UTF-8
-    checks, fragments, close codes); text messages out are :func:`_masked_text_frame`.
-
-    Runs on the caller's trio thread. ``send_text`` is synchronous (see
-    :class:`_Conn`). ``receive`` is called by one task at a time (the receiver,
-    then the close handshake); it answers pings and the server's Close itself.
-    Owned by ``SimulatedCaller.run()``, which calls ``aclose`` on every exit path.
-    """
-
-    __slots__ = ("conn", "_ws", "_parts", "_parts_size", "max_message_size", "closed", "too_big")
-
-    def __init__(self, conn: _Conn, ws: Connection, max_message_size: int = _MAX_MESSAGE_BYTES) -> None:
-        self.conn = conn
-        self._ws = ws
-        self._parts: list[str | bytes] = []
-        self._parts_size = 0
-        self.max_message_size = max_message_size
-        self.closed = False  # the connection is closing or closed: receive() returns nothing more
-        self.too_big = False  # closed by us with 1009: a message over max_message_size
-
-    @classmethod
-    async def connect(cls, url: str, headers: list[tuple[bytes, bytes]], *, stream_conn: bool = False) -> "_WebSocket":
-        """Open the connection and do the client upgrade. Raises :class:`_ConnectError`
-        for a rejection or a broken handshake, ``OSError`` when the host cannot be
-        reached. ``stream_conn`` (tests) takes the ``wss://`` path (a trio stream) on ``ws://``."""
-        parts = urlsplit(url)
-        tls = parts.scheme == "wss"
-        host = parts.hostname
-        if not host:
-            raise _ConnectError(f"connect failed: no host in {url!r}")
-        port = parts.port or (443 if tls else 80)
-        resource = (parts.path or "/") + ("?" + parts.query if "?" in url else "")
-        host_header = f"[{host}]" if ":" in host else host
-        if port not in (80, 443):
-            host_header += f":{port}"
-        conn: _Conn
-        if tls:
-            conn = await _StreamConn.connect(host, port)
-        elif stream_conn:
-            conn = _StreamConn(await trio.open_tcp_stream(host, port))
-        else:
-            conn = await _SocketConn.connect(host, port)
-        try:
-            handshake = H11Handshake(ConnectionType.CLIENT)
-            conn.write(handshake.send(Request(host=host_header, target=resource, extra_headers=headers)))
-            await conn.drain()
-            while True:
-                data = await conn.receive_some()
-                try:
-                    handshake.receive_data(data or None)
-                except RemoteProtocolError as exc:
-                    raise _ConnectError(f"handshake failed: {exc}") from None
-                for event in handshake.events():
-                    if isinstance(event, AcceptConnection):
-                        assert handshake.connection is not None  # set on accept
-                        return cls(conn, handshake.connection)
-                    if isinstance(event, RejectConnection):
-                        raise _ConnectError(f"handshake failed: ConnectionRejected {event.status_code}")
-                if not data or conn.broken:
-                    raise _ConnectError("connect failed: connection closed during the handshake")
-        except BaseException:
-            await conn.aclose()
-            raise
-
-    def send_text(self, text: str) -> bool:
-        """Frame and write one text message; False when the connection is no longer open."""
-        if self._ws.state is not ConnectionState.OPEN or self.conn.broken:
-            return False
-        self.conn.write(_masked_text_frame(text))
-        return not self.conn.broken
-
-    async def receive(self) -> list[str | bytes]:
-        """Wait for bytes from the server; return the messages they complete
-        (possibly none). Sets ``closed`` at the server's Close, at end of stream,
-        on a framing error (answered with its close code) or an oversized message."""
-        ws = self._ws
-        if ws.state is ConnectionState.CLOSED:
-            self.closed = True
-            await trio.lowlevel.checkpoint()
-            return []
-        data = await self.conn.receive_some()
-        ws.receive_data(data or None)
-        out: list[str | bytes] = []
-        for event in ws.events():
-            if isinstance(event, Message):
-                if event.message_finished and not self._parts:
-                    if len(event.data) > self.max_message_size:
-                        self._close_too_big()
-                        break
-                    out.append(event.data)
-                    continue
-                self._parts.append(event.data)
-                self._parts_size += len(event.data)
-                if self._parts_size > self.max_message_size:
-                    self._close_too_big()
-                    break
-                if event.message_finished:
-                    joiner = "" if isinstance(event, TextMessage) else b""
-                    out.append(joiner.join(self._parts))  # type: ignore[arg-type]
-                    self._parts.clear()
-                    self._parts_size = 0
-            elif isinstance(event, Ping):
-                if ws.state is ConnectionState.OPEN:
-                    self.conn.write(ws.send(event.response()))
-            elif isinstance(event, CloseConnection):
-                # The server's Close is answered (REMOTE_CLOSING); a framing error
-                # (still OPEN) is closed with its code; after EOF nothing is sent.
-                if ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-                    self.conn.write(ws.send(event.response()))
-                self.closed = True
-                break
-        if not data:
-            self.closed = True
-        return out
-
-    def _close_too_big(self) -> None:
-        self.too_big = True
-        self.closed = True
-        if self._ws.state is ConnectionState.OPEN:
-            self.conn.write(self._ws.send(CloseConnection(code=1009, reason="message too big")))
-
-    async def close(self, timeout: float) -> None:
-        """Our close handshake: Close (1000), then wait up to ``timeout`` for the
-        server's Close (or end of stream). Does not close the socket: ``aclose``."""
-        ws = self._ws
-        if ws.state is ConnectionState.OPEN:
-            self.conn.write(ws.send(CloseConnection(code=1000)))
-        with trio.move_on_after(timeout):
-            await self.conn.drain()
-            while ws.state is not ConnectionState.CLOSED and not self.conn.broken:
-                await self.receive()  # messages after our stop are dropped, as Twilio would
-
-    async def aclose(self) -> None:
-        """Close the socket (idempotent; safe under cancellation)."""
-        await self.conn.aclose()
-
-
-# ------------------------------------------------------------------ the caller
-
-
-class _Playback:
-    """The caller's jitter buffer: audio and marks in arrival order (caller's trio thread)."""
-
-    __slots__ = ("items", "audio_bytes", "in_utterance", "gap_ticks", "utterance_start_ms", "last_heard_end_ms")
-
-    def __init__(self) -> None:
-        self.items: collections.deque[bytes | Mark] = collections.deque()
-        self.audio_bytes = 0
-        self.in_utterance = False
-        self.gap_ticks = 0
-        self.utterance_start_ms: float | None = None
-        self.last_heard_end_ms: float | None = None
-
-    @property
-    def empty(self) -> bool:
-        return not self.items
-
-
-@functools.lru_cache(maxsize=64)
-def _line_frames(audio: bytes) -> tuple[tuple[bytes, ...], int, int]:
-    """A line cut into 20 ms frames, and its first and last voiced frame (the whole
-    line when none is voiced). Cached: the load tester gives every caller the same
-    ``bytes`` objects, so each line is decoded and measured once per process."""
-    line = tuple(frames(audio, FRAME_BYTES))
-    voiced = [i for i, f in enumerate(line) if rms_pcm16(ulaw_decode(f)) >= _VOICED_RMS]
-    if voiced:
-        return line, voiced[0], voiced[-1]
-    return line, 0, len(line) - 1
 
 
 class SimulatedCaller:
@@ -686,7 +157,7 @@ class SimulatedCaller:
         self.keep_audio = keep_audio
         self.result = CallResult(call_sid or new_call_sid(), stream_sid or new_stream_sid())
         self._proto = CallerSideStream(self.result.call_sid, self.result.stream_sid, account_sid)
-        self._playback = _Playback()
+        self._playback = Playback()
         self._speech: Sequence[bytes] = ()
         self._speech_pos = 0
         self._voiced = (0, 0)  # first and last voiced frame index of the current line
@@ -694,7 +165,7 @@ class SimulatedCaller:
         self._last_speech_end_ms = 0.0
         self._waiter: tuple[Callable[[], bool], trio.Event] | None = None
         self._t0 = 0.0
-        self._ws: _WebSocket | None = None
+        self._ws: ClientWebSocket | None = None
         self._cancel: trio.CancelScope | None = None
         self._use_stream_conn = False  # tests: drive ws:// through the wss:// (trio stream) path
 
@@ -757,11 +228,11 @@ class SimulatedCaller:
         headers = [(b"X-Twilio-Signature", self.signature.encode())] if self.signature else []
         started = trio.current_time()
         with trio.move_on_after(self.call_timeout) as timeout_scope:
-            ws: _WebSocket | None = None
+            ws: ClientWebSocket | None = None
             try:
                 with trio.fail_after(self.connect_timeout):
-                    ws = await _WebSocket.connect(self.url, headers, stream_conn=self._use_stream_conn)
-            except _ConnectError as exc:
+                    ws = await ClientWebSocket.connect(self.url, headers, stream_conn=self._use_stream_conn)
+            except ConnectError as exc:
                 result.errors.append(str(exc))
             except trio.TooSlowError:
                 result.errors.append("handshake failed: ConnectionTimeout")
@@ -774,7 +245,7 @@ class SimulatedCaller:
                     await self._call(ws, audio)
                     if ws.too_big:
                         result.errors.append(f"engine message over {ws.max_message_size} bytes")
-                    await ws.close(_DISCONNECT_TIMEOUT_S)
+                    await ws.close(DISCONNECT_TIMEOUT_S)
                 finally:
                     await ws.aclose()
         if timeout_scope.cancelled_caught:
@@ -790,7 +261,7 @@ class SimulatedCaller:
     async def _prepare_audio(self) -> dict[int, bytes] | None:
         """Synthesize every text line up front (in a worker thread) so that speech
         synthesis never disturbs the call's timing."""
-        from transports.caller_voice import VoiceUnavailable, synthesize_line
+        from callsim.voice import VoiceUnavailable, synthesize_line
 
         audio: dict[int, bytes] = {}
         for i, step in enumerate(self.script):
@@ -805,7 +276,7 @@ class SimulatedCaller:
                     return None
         return audio
 
-    async def _call(self, ws: _WebSocket, audio: dict[int, bytes]) -> None:
+    async def _call(self, ws: ClientWebSocket, audio: dict[int, bytes]) -> None:
         self._write(self._proto.connected())
         self._write(self._proto.start(self.custom_parameters))
         self._t0 = trio.current_time()
@@ -979,7 +450,7 @@ class SimulatedCaller:
     async def _speak(self, index: int, label: str, audio: bytes, barge_in: bool) -> None:
         turn = Turn(index=len(self.result.turns) + 1, label=label, barge_in=barge_in)
         self.result.turns.append(turn)
-        line, first, last = _line_frames(audio)
+        line, first, last = line_frames(audio)
         self._voiced = (first, last)
         self._speech, self._speech_pos = line, 0
         self._speaking_turn = turn
@@ -1024,36 +495,3 @@ class SimulatedCaller:
 
 
 # ------------------------------------------------------------------ rendering
-
-
-def _ms(value: float | None) -> str:
-    return "   -   " if value is None else f"{value:7.0f}"
-
-
-def render_timeline(result: CallResult) -> str:
-    """A human-readable summary of one call for the CLI (times in ms since start)."""
-    lines = [
-        f"call {result.call_sid}  stream {result.stream_sid}  "
-        f"{'ok' if result.ok else 'FAILED'}  {result.duration_ms / 1000:.1f} s",
-        f"  greeting first frame {_ms(result.greeting_first_frame_ms)} ms",
-    ]
-    for turn in result.turns:
-        kind = "barge-in" if turn.barge_in else "turn"
-        lines.append(
-            f"  {kind:8} {turn.index:>2} {turn.label[:40]!r:44} speech {_ms(turn.speech_start_ms)} -> "
-            f"{_ms(turn.speech_end_ms)}  reply {_ms(turn.reply_first_frame_ms)}  "
-            f"latency {_ms(turn.reply_latency_ms)}"
-            + (f"  clear after {turn.clear_ms:.0f} ms" if turn.clear_ms is not None else "")
-        )
-    violations = ", ".join(f"{k}={v}" for k, v in sorted(result.violations.items())) or "none"
-    lines.append(
-        f"  agent audio {result.received_seconds:.2f} s received, {result.heard_bytes / 8000:.2f} s heard; "
-        f"marks {result.marks_received} received / {len(result.marks_echoed)} echoed; "
-        f"clears {len(result.clears_received)}; underruns {result.underruns}; "
-        f"frames sent {result.frames_sent} ({result.late_frames} late); violations {violations}"
-    )
-    if result.closed_by_server:
-        lines.append("  the server closed the connection before the caller hung up")
-    for error in result.errors:
-        lines.append(f"  error: {error}")
-    return "\n".join(lines)
