@@ -28,7 +28,8 @@ from engine.messages import (
 )
 from engine.store import DurableWriter, InvalidRecord, Journal, Store, StoreUnavailable, open_store
 from engine.store.journal import decode_record, encode_record
-from engine.store.sqlite import SqliteStore, load_migrations
+from engine.store.sql import load_migrations
+from engine.store.sqlite import SqliteStore
 
 ALL_MIGRATIONS = [m.version for m in load_migrations()]
 

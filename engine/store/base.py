@@ -91,7 +91,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def query(self, statement: str, *args: Any) -> list[dict[str, Any]]:
         """Run one read statement written in the portable dialect (``$n``
-        placeholders, see ``engine.store.sqlite.Sql``); rows as dicts. For
+        placeholders, see ``engine.store.sql.Sql``); rows as dicts. For
         modules that own their tables and SQL (``engine.presence``)."""
 
     @abc.abstractmethod

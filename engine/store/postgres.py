@@ -47,7 +47,7 @@ from engine.messages import (
 )
 from engine.store.base import Record, Store, StoreUnavailable
 from engine.store.journal import check_record
-from engine.store.sqlite import (
+from engine.store.sql import (
     Sql,
     business_dict,
     call_dict,
