@@ -41,8 +41,9 @@ Rules (the numbers are ``TurnSettings``, from ``[turn]`` in config/default.toml)
   in groups and hesitations stay one turn. Only such turns wait; the others end
   as soon as they can.
 - The caller going on: speech that starts before the reply was heard (its first
-  frame not yet out, or less than ``resume_window_ms`` of it played) means the
-  turn was not over. The reply is cancelled (``CancelReply``; and its audio
+  frame not yet out, or less than ``resume_window_ms`` of it played; plus
+  ``unfinished_hold_ms`` when the turn's words looked unfinished) means the turn
+  was not over. The reply is cancelled (``CancelReply``; and its audio
   stopped if any went out) and the same turn continues: its transcript keeps
   every word from both stretches, and it gets one reply and one record.
 - A final that arrives after the turn ended (a slow recognizer, or one that
@@ -339,7 +340,7 @@ class TurnTaker:
         self._deadline = None
         reply = self._reply
         if self.turn is None and reply is not None and (
-            reply.first_frame is None or t < reply.first_frame + self.cfg.resume_window_ms / 1000.0
+            reply.first_frame is None or t < reply.first_frame + self._resume_window(reply)
         ):
             # The caller went on before hearing the reply: the turn was not over.
             out.append(CancelReply(reply.turn_id, "caller resumed"))
@@ -358,6 +359,16 @@ class TurnTaker:
         turn.last_start_seen = now
         turn.speech_end = None
         return out
+
+    def _resume_window(self, reply: _Reply) -> float:
+        """How long after a reply's first frame the caller's speech still continues
+        the turn (seconds): ``resume_window_ms``, plus ``unfinished_hold_ms`` when the
+        words it answers look unfinished (the caller paused longer than the hold, and
+        goes on)."""
+        ms = self.cfg.resume_window_ms
+        if looks_unfinished(reply.text):
+            ms += self.cfg.unfinished_hold_ms
+        return ms / 1000.0
 
     def _speech_ended(self, ev: SpeechEnded, now: float) -> list[Decision]:
         if ev.echo:

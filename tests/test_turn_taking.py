@@ -369,3 +369,20 @@ def test_a_batch_partial_for_an_already_finalized_utterance_is_ignored() -> None
     line2.at(1.5, Transcript("Hello,", True, 1.5, utterance=3))
     assert line2.at(1.6, Transcript("Hello", False, 1.6, utterance=3)) == []  # stale: ignored
     assert line2.tt.turn is not None and line2.tt.turn.partial == ""
+
+
+def test_an_unfinished_turn_is_resumed_later_into_its_reply() -> None:
+    """"And so my fellow Americans, [long pause] ask not...": the turn ended on a comma
+    after the hold; the caller goes on 800 ms into the reply. A finished sentence's
+    reply would be barged in on at that point; an unfinished one is continued."""
+    line = Line(resume_window_ms=300, unfinished_hold_ms=700)
+    line.started(0.0)
+    line.ended(2.0)
+    line.final(2.4, "And so my fellow Americans,")
+    first = reply_of(line.tick_until(2.75))
+    line.at(2.9, ReplyStamp(turn_id=first.turn_id, name="first_frame", t=2.9))
+    out = line.started(3.7, seen=3.83)
+    assert out == [CancelReply(first.turn_id, "caller resumed"), StopPlayback(3.83, "caller resumed")]
+    line.ended(5.0)
+    start = reply_of(line.final(5.4, "ask not what your country can do for you."))
+    assert start.text == "And so my fellow Americans, ask not what your country can do for you."
