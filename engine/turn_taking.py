@@ -24,8 +24,8 @@ Rules (the numbers are ``TurnSettings``, from ``[turn]`` in config/default.toml)
   transcript covers the latest stretch of speech, or the latest partial is strong
   (early finalize: >= ``early_punct_min_chars`` ending in .?!…, or
   >= ``early_stable_min_chars`` unchanged for ``stable_ms``), or
-  ``final_timeout_ms`` passed (``batch_final_timeout_ms`` for recognizers without
-  partials) with words to use; with no words by then it was noise and is dropped.
+  ``final_timeout_ms`` passed (for batch recognizers ``batch_final_timeout_ms``, or
+  three times their recent speech-end-to-final time if longer) with words to use; with no words by then it was noise and is dropped.
   It never ends while the caller is speaking. A final covers the latest stretch
   when it arrived after that stretch began (streaming recognizers, which hear all
   audio); a batch recognizer's final (which transcribes a stretch once it has
@@ -272,6 +272,7 @@ class TurnTaker:
         self._spec_keys = 0
         self._pending_dtmf = ""
         self._final_utterance: int | None = None  # the recognizer's utterance number of the latest final
+        self._final_lag = 0.0  # a batch recognizer's recent time from speech end to final (seconds, smoothed)
         self.turns = turns_so_far
 
     # ---- state ------------------------------------------------------------------------
@@ -381,8 +382,13 @@ class TurnTaker:
             turn.speech_end = ev.t
             turn.speech_end_seen = now
             turn.last_end_seq = ev.seq
-            timeout = self.cfg.final_timeout_ms if self.streaming_stt else self.cfg.batch_final_timeout_ms
-            self._deadline = now + timeout / 1000.0
+            if self.streaming_stt:
+                timeout = self.cfg.final_timeout_ms / 1000.0
+            else:
+                # A batch recognizer that has been slow (an overloaded machine) gets
+                # longer: ending without a final splits the turn it is still decoding.
+                timeout = max(self.cfg.batch_final_timeout_ms / 1000.0, 3.0 * self._final_lag)
+            self._deadline = now + timeout
         return self._try_end(now)
 
     # ---- transcripts ------------------------------------------------------------------
@@ -412,6 +418,9 @@ class TurnTaker:
             turn.last_final = tr.t
             turn.last_final_seen = now
             turn.final_upto = max(turn.final_upto, tr.upto_seq)
+            if tr.upto_seq and tr.upto_seq == turn.last_end_seq and turn.speech_end_seen is not None:
+                lag = now - turn.speech_end_seen  # how long this recognizer takes to finalize
+                self._final_lag = lag if self._final_lag == 0.0 else 0.7 * self._final_lag + 0.3 * lag
             return self._try_end(now)
         if not self.streaming_stt and tr.utterance == self._final_utterance:
             return []  # a batch recognizer's partial for the utterance it has already finalized

@@ -386,3 +386,20 @@ def test_an_unfinished_turn_is_resumed_later_into_its_reply() -> None:
     line.ended(5.0)
     start = reply_of(line.final(5.4, "ask not what your country can do for you."))
     assert start.text == "And so my fellow Americans, ask not what your country can do for you."
+
+
+def test_a_slow_batch_recognizer_gets_a_longer_final_timeout() -> None:
+    """On an overloaded machine whisper took 4-5 s per final: the 6 s timeout ended
+    turns while the second stretch was still being decoded. The timeout follows the
+    recognizer's recent speed."""
+    line = Line(batch_final_timeout_ms=6000)
+    line.started(0.0)
+    line.at(1.2, SpeechEnded(t=1.0, seq=3))
+    first = reply_of(line.at(6.2, Transcript("When do you open?", True, 6.2, upto_seq=3)))  # 5 s to finalize
+    line.at(6.5, ReplyStamp(turn_id=first.turn_id, name="first_frame", t=6.5))
+    line.at(9.0, PlaybackMarked(turn_id=first.turn_id, t=9.0))
+    line.started(20.0)
+    line.at(21.2, SpeechEnded(t=21.0, seq=5))
+    assert line.tick_until(21.2 + 6.5) == []  # 6 s passed: still waiting (3 x 5 s)
+    start = reply_of(line.at(28.0, Transcript("And on Fridays?", True, 28.0, upto_seq=5)))
+    assert start.text == "And on Fridays?"
