@@ -27,26 +27,45 @@ the call record is kept. No other call is touched.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 from actors.decoder import Decoder
 from actors.pacer import Pacer
 from actors.planner import Planner, TurnSettings
 from actors.stt import PREROLL_BYTES, SttActor
 from actors.transport import Transport
+from actors.tts import TtsActor
 from engine.audio_history import AudioHistory
 from engine.echo import EchoReference
 from engine.messages import CallInfo
 from engine.supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor
 
 if TYPE_CHECKING:
-    from engine.runtime import Runtime
     from transports.asgi_ws import MediaSocket
     from transports.twilio import TwilioStream
 
 
+class CallServices(Protocol):
+    """What a call's tree uses of the process (``engine.runtime.Runtime`` is one):
+    the tree is built from these and owns none of them."""
+
+    settings: Any
+    businesses: Mapping[str, Any]
+    metrics: Any
+    planner: Any
+    stt: Any
+    stt_fallback: Any
+    tts: Any
+    llm_limiter: Any
+    record: Callable[[Any], None]
+
+    def greeting_audio(self, business_id: str) -> bytes: ...
+
+    def new_vad(self) -> Any: ...
+
+
 def build_call_tree(
-    runtime: "Runtime",
+    runtime: CallServices,
     info: CallInfo,
     stream: "TwilioStream",
     sock: "MediaSocket",
@@ -127,7 +146,7 @@ def build_call_tree(
                 metrics=metrics,
             ),
         ),
-        ChildSpec("tts", lambda ctx: runtime.start_tts_actor(ctx, voice)),
+        ChildSpec("tts", lambda ctx: TtsActor.start(ctx, runtime.tts, voice=voice)),
         ChildSpec(
             "stt",
             stt_spec_factory(runtime.stt),

@@ -40,12 +40,14 @@ import gc
 import logging
 import os
 import time
+from functools import partial
 from typing import Any
 
 import trio
 from quart import Response, g, jsonify, request
 from quart_trio import QuartTrio
 
+from actors.call import build_call_tree
 from engine import drain, hypercorn_fixes, testcall
 from engine.admin import register_admin
 from engine.config import Settings, load_settings
@@ -108,7 +110,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     async def _start() -> None:
         for var in settings.unknown_env:
             log.warning("unknown setting in the environment", extra={"variable": var})
-        runtime = await trio.to_thread.run_sync(Runtime.create, settings)
+        runtime = await trio.to_thread.run_sync(partial(Runtime.create, settings, call_tree=build_call_tree))
         state["runtime"] = runtime
         # Everything loaded so far (modules, the app, models, providers) lives as
         # long as the process: move it out of the cyclic collector's reach. A full

@@ -8,7 +8,7 @@ supervision tree::
 
     engine  (Supervisor, one_for_one)
       recorder  pykka  permanent   - the only writer of records (write-behind, journaled)
-      calls     Supervisor         - one temporary child per live call (actors.call)
+      calls     Supervisor         - one temporary child per live call (its tree: the call_tree factory)
       chats     DynamicSupervisor  - one child per active WhatsApp chat (passivated when idle)
 
 ``Runtime.run`` is a trio task (the app's lifespan nursery owns it); it returns
@@ -16,6 +16,10 @@ when the tree stops. Everything else runs on the trio thread unless a method
 says otherwise. Nothing here is shared between processes: with ``--workers N``
 each process has its own runtime, and a call's context travels in TwiML
 ``<Parameter>``s, never in memory.
+
+The runtime knows no role: the application hands it the factory of a call's
+tree (``call_tree``, :func:`actors.call.build_call_tree` in the host), so the
+runtime sits beneath the roles' wiring and imports nothing of ``actors``.
 """
 
 from __future__ import annotations
@@ -54,11 +58,19 @@ class LiveCall:
     escalated: bool = False
 
 
+#: Builds one call's tree: ``(runtime, info, stream, sock) -> Supervisor``; ``sock``
+#: stays owned by the host's handler, ``stream`` is the call's sans-IO Twilio stream.
+CallTreeFactory = Callable[["Runtime", CallInfo, Any, Any], Supervisor]
+
+
 class Runtime:
     """See the module docstring. Construct with ``Runtime.create`` (blocking: loads models)."""
 
-    def __init__(self, settings: Settings, businesses: dict[str, Business], store: Store) -> None:
+    def __init__(
+        self, settings: Settings, businesses: dict[str, Business], store: Store, *, call_tree: CallTreeFactory
+    ) -> None:
         self.settings = settings
+        self.call_tree = call_tree
         self.businesses = businesses
         self.store = store
         self.metrics = Metrics()
@@ -89,8 +101,9 @@ class Runtime:
         self.vad_session: Any = None  # engine.providers.vad.SileroSession, loaded by create()
 
     @classmethod
-    def create(cls, settings: Settings) -> "Runtime":
-        """Blocking construction: profiles, store (migrated), providers, caches."""
+    def create(cls, settings: Settings, *, call_tree: CallTreeFactory) -> "Runtime":
+        """Blocking construction: profiles, store (migrated), providers, caches.
+        ``call_tree`` builds each call's tree (see :data:`CallTreeFactory`)."""
         businesses = load_businesses(settings.businesses_path)
         settings.data_path.mkdir(parents=True, exist_ok=True)
         url = settings.secret("database_url") or f"sqlite:///{settings.data_path / 'callengine.db'}"
@@ -98,7 +111,7 @@ class Runtime:
         store.migrate()
         for biz in businesses.values():
             store.upsert_business(biz.id, biz.name, {"language": biz.language, "source": biz.source})
-        runtime = cls(settings, businesses, store)
+        runtime = cls(settings, businesses, store, call_tree=call_tree)
         runtime.repair_at_start()
         runtime.prepare_audio()
         from engine.providers.vad import SileroSession
@@ -198,11 +211,6 @@ class Runtime:
             session=self.vad_session,
         )
 
-    def start_tts_actor(self, ctx: ActorContext, voice: str) -> Any:
-        from actors.tts import TtsActor
-
-        return TtsActor.start(ctx, self.tts, voice=voice)
-
     # ---- recording (any thread, never blocks) ------------------------------------------
 
     def record(self, msg: Any) -> None:
@@ -243,10 +251,8 @@ class Runtime:
         ``sock`` (a ``transports.asgi_ws.MediaSocket``) stays owned by the caller
         (the host's handler); the tree's transport reads and writes it until the
         tree ends."""
-        from actors.call import build_call_tree
-
         assert self.calls is not None
-        tree = build_call_tree(self, info, stream, sock)
+        tree = self.call_tree(self, info, stream, sock)
         live = LiveCall(info=info, tree=tree)
 
         def on_exit(sup: Supervisor, error: BaseException | None) -> None:
