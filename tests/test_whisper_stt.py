@@ -25,7 +25,7 @@ from engine.providers import make_stt
 from engine.providers import whisper_model
 from engine.providers.base import ProviderError, SpeechToText, SttSession
 from engine.providers.decode_gate import DecodeGate
-from engine.providers.whisper_stt import MAX_UTTERANCE_S, WhisperStt
+from engine.providers.whisper_stt import MAX_UTTERANCE_S, PARTIAL_NICE, WhisperStt
 
 CHUNK = 1600  # 100 ms of 8 kHz PCM16, the batch size the STT actor sends
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
@@ -97,6 +97,15 @@ def test_base_is_the_default_and_is_multilingual(stt):
     assert whisper_model.is_installed(stt.model_path)
     assert stt.multilingual and stt.supports("en-US") and stt.supports("he-IL")
     assert stt.whisper_language("he-IL") == "he" and stt.whisper_language("iw-IL") == "he"
+
+
+def test_partials_decode_on_threads_of_lower_priority(stt):
+    def nice(tid: str) -> int:
+        return int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+    nices = [nice(tid) for tid in os.listdir("/proc/self/task")]
+    assert max(nices) >= min(19, min(nices) + PARTIAL_NICE), nices  # the partial model's threads
+    assert nice(str(threading.get_native_id())) == min(nices)  # ours are untouched
 
 
 def test_a_recorded_prompt_comes_back_with_its_words(stt):
@@ -293,21 +302,24 @@ class Clock:
         return self.t
 
 
-def test_gate_partials_never_wait_and_never_take_the_last_slot():
-    gate = DecodeGate(2, partial_share=1.0, burst_s=2.0, clock=Clock())
+def test_gate_finals_never_wait_for_partials():
+    gate = DecodeGate(1, partial_share=1.0, burst_s=2.0, clock=Clock())
     assert gate.try_acquire_partial()
-    assert not gate.try_acquire_partial()  # one slot stays free for finals
-    gate.acquire_final()  # does not block: the reserved slot
-    assert not gate.try_acquire_partial()
-    gate.release_final()
+    assert not gate.try_acquire_partial()  # one partial at a time
+    entered = threading.Event()
+    t = threading.Thread(target=lambda: (gate.acquire_final(), entered.set()))
+    t.start()
+    assert entered.wait(5), "a final waited for a partial"
+    t.join(5)
     gate.release_partial(0.1)
+    assert not gate.try_acquire_partial()  # the only final slot is busy: the CPU is the final's
+    gate.release_final()
     assert gate.try_acquire_partial()
 
 
-def test_gate_a_waiting_final_goes_before_new_partials():
-    gate = DecodeGate(2, partial_share=1.0, clock=Clock())
-    assert gate.try_acquire_partial()
-    gate.acquire_final()  # both slots busy
+def test_gate_a_waiting_final_keeps_new_partials_out():
+    gate = DecodeGate(1, partial_share=1.0, clock=Clock())
+    gate.acquire_final()
     entered = threading.Event()
 
     def final() -> None:
@@ -321,11 +333,10 @@ def test_gate_a_waiting_final_goes_before_new_partials():
     while gate._finals_waiting == 0 and time.monotonic() < deadline:
         time.sleep(0.001)
     assert gate._finals_waiting == 1 and not entered.is_set()
-    gate.release_partial(0.0)  # a slot frees: the waiting final has it, not a new partial
     assert not gate.try_acquire_partial()
+    gate.release_final()
     assert entered.wait(5)
     t.join(5)
-    gate.release_final()
     assert gate.try_acquire_partial()
 
 

@@ -1,15 +1,15 @@
-"""Admission to the process's whisper decoder: finals first, partials on a budget.
+"""Admission to the process's whisper decoders: finals first, partials on a budget.
 
-One gate per process (the model is shared by every call). A final transcription
-waits for a slot and goes before every partial that has not started; a partial
-never waits: it runs only when a slot is free, no final is waiting, fewer than
-``partial_slots`` partials are running (with two or more slots one is always
-left for finals), and the partial CPU budget has credit. The budget is a token
-bucket in decode seconds: it fills at ``partial_share`` seconds per second of
-wall time (the share of one slot partials may use on average), holds at most
-``burst_s``, and each partial pays its measured decode time when it ends, so
-with many calls talking at once partials thin out instead of delaying finals or
-starving the 20 ms path of CPU.
+One gate per process (the models are shared by every call). Finals and partials
+decode on separate model instances (the partial one on threads of lower CPU
+priority), so a final never waits for a partial: it waits only while ``slots``
+other finals run. A partial never waits either: it starts only when no final is
+waiting, a final slot is free (with every slot taken the CPU belongs to finals),
+fewer than ``partial_slots`` partials run, and the partial CPU budget has credit.
+The budget is a token bucket in decode seconds: it fills at ``partial_share``
+seconds per second of wall time, holds at most ``burst_s``, and each partial pays
+its measured decode time when it ends, so with many calls talking at once
+partials thin out instead of taking CPU from finals and the 20 ms path.
 
 Thread-safe; the clock is injected so the rules are tested without threads.
 """
@@ -28,16 +28,17 @@ class DecodeGate:
         self,
         slots: int,
         *,
+        partial_slots: int = 1,
         partial_share: float = 0.5,
         burst_s: float = 1.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if slots < 1:
-            raise ValueError("slots must be >= 1")
+        if slots < 1 or partial_slots < 1:
+            raise ValueError("slots and partial_slots must be >= 1")
         if partial_share < 0 or burst_s < 0:
             raise ValueError("partial_share and burst_s must be >= 0")
         self.slots = slots
-        self.partial_slots = max(1, slots - 1)
+        self.partial_slots = partial_slots
         self._share = partial_share
         self._burst = burst_s
         self._clock = clock
@@ -51,7 +52,7 @@ class DecodeGate:
         self.partials_refused = 0
 
     def acquire_final(self) -> None:
-        """Block until a slot is free; waiting finals keep new partials out."""
+        """Block until fewer than ``slots`` finals run; waiting finals keep new partials out."""
         with self._cond:
             self._finals_waiting += 1
             try:
@@ -72,13 +73,12 @@ class DecodeGate:
             self._refill()
             if (
                 self._finals_waiting
-                or self._busy >= self.slots
+                or self._busy >= self.slots  # finals only
                 or self._partials >= self.partial_slots
                 or self._credit <= 0.0
             ):
                 self.partials_refused += 1
                 return False
-            self._busy += 1
             self._partials += 1
             self.partials_started += 1
             return True
@@ -88,9 +88,7 @@ class DecodeGate:
         with self._cond:
             self._refill()
             self._credit -= max(0.0, decode_s)
-            self._busy -= 1
             self._partials -= 1
-            self._cond.notify()
 
     def _refill(self) -> None:
         now = self._clock()

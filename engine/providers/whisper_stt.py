@@ -13,11 +13,16 @@ Models (``engine.providers.whisper_model``): ``base`` (multilingual) by default,
 once per provider object, which the host creates once per process, and shared by
 every session; ``device="cpu", compute_type="int8"``.
 
-CPU: every decode goes through one process-wide ``DecodeGate`` (sized by the first
-provider created): finals wait for a slot and go before partials; a partial pass
-runs on the process's partial pool only when a slot is free, no final waits, and
-the partial budget has credit, otherwise it is skipped (the next batch tries
-again). A session never has two passes in flight.
+CPU: partial passes run on a second instance of the model whose CTranslate2
+threads run at a lower CPU priority (``PARTIAL_NICE``: threads inherit the
+niceness of the thread that creates them, so the instance is built on a niced
+thread), so a final never waits for a partial and a partial never takes the
+CPU from a final or from the 20 ms path. Every decode goes through one
+process-wide ``DecodeGate`` (sized by the first provider created): finals wait
+only for other finals; a partial pass runs on the process's one partial thread
+only when no final waits, a final slot is free, and the partial budget has
+credit, otherwise it is skipped (the next batch tries again). A session never
+has two passes in flight.
 
 The final: ``end_utterance`` decodes the whole utterance on the calling thread
 (the STT actor's), with priority. When the latest partial pass already covered
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import re
 import threading
 import time
@@ -83,6 +89,9 @@ REUSE_MAX_TAIL_S = 0.6
 REUSE_TAIL_RATIO = 0.1
 #: A pause-triggered pass needs at least this much audio since the last one began.
 MIN_PAUSE_PASS_S = 0.3
+#: Niceness added to the partial model's threads (CFS gives a nice-0 thread about
+#: nine times their share of a contended core).
+PARTIAL_NICE = 10
 #: No interval pass before this much audio (pre-roll included): a short answer ("yes",
 #: a name) gets only the pass at its pause, so its final never waits behind a partial.
 FIRST_PASS_S = 1.2
@@ -97,10 +106,8 @@ def process_gate(slots: int = 1, partial_share: float = 0.5) -> DecodeGate:
     global _gate, _pool
     with _process_lock:
         if _gate is None:
-            _gate = DecodeGate(max(1, slots), partial_share=partial_share)
-            _pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=_gate.partial_slots, thread_name_prefix="whisper-partial"
-            )
+            _gate = DecodeGate(max(1, slots), partial_slots=1, partial_share=partial_share)
+            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper-partial")
         return _gate
 
 
@@ -147,14 +154,8 @@ class WhisperStt:
         if partial_interval_s < 0:
             raise ValueError("partial_interval_s must be >= 0")
         path = resolve_model(str(model_path) if model_path else "base")
-        try:
-            from faster_whisper import WhisperModel
-
-            self._model = WhisperModel(
-                str(path), device="cpu", compute_type="int8", cpu_threads=cpu_threads, num_workers=num_workers
-            )
-        except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError for bad files
-            raise ProviderError(f"could not load the whisper model at {path}: {exc}") from exc
+        self._model = _load(path, cpu_threads, num_workers)
+        self._partial_model = _load(path, cpu_threads, 1, nice=PARTIAL_NICE) if partial_interval_s > 0 else None
         self.model_path = path
         self.multilingual = bool(self._model.model.is_multilingual)
         self.partials = partial_interval_s > 0
@@ -174,6 +175,8 @@ class WhisperStt:
         t = np.arange(int(0.5 * WHISPER_RATE)) / WHISPER_RATE
         tone = (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
         self._transcribe(tone, "en")
+        if self._partial_model is not None:
+            self._transcribe(tone, "en", partial=True)
 
     def open_session(
         self,
@@ -222,7 +225,7 @@ class WhisperStt:
         pcm = resample_pcm16(pcm16, sample_rate, WHISPER_RATE) if sample_rate != WHISPER_RATE else pcm16
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
         if partial:
-            text, no_speech = self._transcribe(audio, language)
+            text, no_speech = self._transcribe(audio, language, partial=True)
         else:
             self.gate.acquire_final()
             try:
@@ -240,8 +243,9 @@ class WhisperStt:
             return ""
         return text
 
-    def _transcribe(self, audio: np.ndarray, language: str | None) -> tuple[str, float]:
-        segments, _info = self._model.transcribe(
+    def _transcribe(self, audio: np.ndarray, language: str | None, *, partial: bool = False) -> tuple[str, float]:
+        model = self._partial_model if partial and self._partial_model is not None else self._model
+        segments, _info = model.transcribe(
             audio,
             language=language,
             beam_size=self._beam_size,
@@ -255,6 +259,35 @@ class WhisperStt:
             texts.append(seg.text.strip())
             no_speech = max(no_speech, float(seg.no_speech_prob))
         return " ".join(t for t in texts if t).strip(), no_speech
+
+
+def _load(path: Path, cpu_threads: int, num_workers: int, *, nice: int = 0):  # -> WhisperModel
+    """Load a CTranslate2 whisper model; with ``nice``, on a thread of that much lower
+    priority, whose niceness the model's worker and compute threads inherit."""
+    from faster_whisper import WhisperModel
+
+    box: dict[str, object] = {}
+
+    def build() -> None:
+        try:
+            if nice:
+                tid = threading.get_native_id()
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+            box["model"] = WhisperModel(
+                str(path), device="cpu", compute_type="int8", cpu_threads=cpu_threads, num_workers=num_workers
+            )
+        except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError for bad files
+            box["error"] = exc
+
+    if nice:
+        t = threading.Thread(target=build, name="whisper-load")
+        t.start()
+        t.join()
+    else:
+        build()
+    if "error" in box:
+        raise ProviderError(f"could not load the whisper model at {path}: {box['error']}") from box["error"]  # type: ignore[misc]
+    return box["model"]
 
 
 class _Pass:
