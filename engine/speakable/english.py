@@ -24,7 +24,7 @@ _MONTHS = [
     "January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
     "December",
 ]
-_MONTH_ABBR = {m[:3].lower(): i + 1 for i, m in enumerate(_MONTHS)} | {"sept": 9}
+_MONTH_ABBR = {m[:3].lower(): i + 1 for i, m in enumerate(_MONTHS)}
 _MONTH_RE = (
     r"(?P<month>jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
     r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?"
@@ -84,7 +84,7 @@ def _clock(h: int, mi: int, suffix: str | None) -> str | None:
         h = 0
     if mi == 0 and h == 12:
         return "noon"
-    if mi == 0 and h == 0 and (suffix or h == 0):
+    if mi == 0 and h == 0:
         return "midnight"
     h12 = h % 12 or 12
     if mi == 0:
@@ -148,7 +148,7 @@ def speakable_en(text: str, region: str = "US") -> str:
     t = _sub(r"(?<![\d/])(\d{1,2})/(\d{1,2})(?:/(\d{4}|\d{2}))?(?![\d/])", slashed, t)
 
     def month_day(m: re.Match[str]) -> str | None:
-        month = _MONTH_ABBR[m["month"][:3].lower() if m["month"][:4].lower() != "sept" else "sept"]
+        month = _MONTH_ABBR[m["month"][:3].lower()]
         year = int(m["year"]) if m["year"] else None
         return _date(month, int(m["day"]), year)
 
