@@ -79,6 +79,13 @@ voice-bench: setup
 clean:
 	rm -rf $(VENV) var bench/out $(SIDECAR)/node_modules
 
+# The import graph (packages, then modules) and the layer contracts of .importlinter,
+# which make test checks (tests/test_layers.py).
+.PHONY: imports
+imports: $(STAMP)
+	@$(BIN)/python scripts/import_graph.py
+	@$(BIN)/lint-imports --no-cache
+
 # N simulated calls back to back for M minutes against a stub host; RSS, threads and fds per minute
 # (bench/soak.py). make soak SOAK_CALLS=20 SOAK_MINUTES=10; SOAK_ARGS="--host-env MALLOC_ARENA_MAX=2" etc.
 SOAK_CALLS   ?= 20
