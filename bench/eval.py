@@ -52,7 +52,8 @@ from callsim import BargeIn, CallResult, Pause, Say, SimulatedCaller, WaitForRep
 __all__ = ["EvalOptions", "run_eval", "rescore", "render_markdown", "main", "HostProcess", "start_host"]
 
 ROOT = Path(__file__).resolve().parent.parent
-CALL_TIMEOUT_S = 900.0
+CALL_START_S = 120.0  # greeting and set-up, within a call's time limit
+STEP_S = 90.0  # per line: the line, a reply timeout, a long reply; a bound, never a wait
 
 
 @dataclass
@@ -214,7 +215,7 @@ async def _run_calls(url: str, scripts: Sequence[list[Any]], opts: EvalOptions, 
         await trio.sleep(0.25 * i)  # not all greetings on the same tick
         caller = SimulatedCaller(
             url, scripts[i], custom_parameters={"from": f"+1555000{i:04d}"}, auth_token=opts.auth_token or None,
-            call_timeout=CALL_TIMEOUT_S, keep_audio=False, **kw,
+            call_timeout=CALL_START_S + STEP_S * len(scripts[i]), keep_audio=False, **kw,
         )
         results[i] = await caller.run()
 
