@@ -388,10 +388,10 @@ class PykkaActor(pykka.ThreadingActor):
         spec = ChildSpec("stt", lambda ctx: SttActor.start(ctx))
 
     Guarantees:
-    - A failure in ``started`` or ``receive`` is reported to the supervisor as a
-      ``ChildExited`` with the error (pykka alone would only log ``on_start``
-      failures); the actor then handles no further message.
-    - A normal stop (``ref.stop()``) reports ``ChildExited`` with no error.
+    - A failure in ``started`` or ``receive`` is reported to the supervisor
+      (``Parent.child_exited``) with the error (pykka alone would only log
+      ``on_start`` failures); the actor then handles no further message.
+    - A normal stop (``ref.stop()``) reports ``Parent.child_exited`` with no error.
     - ``BaseException`` never escapes into pykka (it would stop every actor in
       the process): it is converted into a failure of this actor only.
     """

@@ -19,7 +19,6 @@ Groups, in the order audio flows through a call::
     pacer     -> transport    OutboundMedia, OutboundMark, OutboundClear
     pacer     -> planner      PlaybackMarked, PlaybackCleared
     anyone    -> recorder     Record*
-    supervision               ChildExited, ChildReady
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ __all__ = [
     "ClearPlayback",
     "Transcript",
     "CancelToken",
-    "UserTurn",
     "TextDelta",
     "LeadCaptured",
     "EndCall",
@@ -56,15 +54,12 @@ __all__ = [
     "ReplyStamp",
     "ReplyDone",
     "SessionFailed",
-    "TurnStamp",
     "RecordCallStarted",
     "RecordCallEnded",
     "RecordTurn",
     "RecordLead",
     "RecordChatMessage",
     "ChatInbound",
-    "ChatReply",
-    "ChildExited",
     "FlushJournal",
     "EndCallAfter",
 ]
@@ -211,16 +206,6 @@ class CancelToken:
 
 
 @dataclass(frozen=True, slots=True)
-class UserTurn:
-    """The caller's (or chatter's) complete turn, handed to a language planner."""
-
-    turn_id: int
-    text: str
-    cancel: CancelToken
-    dtmf: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class TextDelta:
     """A piece of the agent's reply as a planner streams it."""
 
@@ -346,14 +331,6 @@ class SessionFailed:
 
 
 @dataclass(frozen=True, slots=True)
-class TurnStamp:
-    """Name a latency stamp; values are milliseconds since ``ws_connected``."""
-
-    name: str
-    ms: float
-
-
-@dataclass(frozen=True, slots=True)
 class RecordCallStarted:
     call_sid: str
     stream_sid: str
@@ -415,29 +392,6 @@ class ChatInbound:
     received_at: float  # wall clock when the webhook received it
     channel: str  # "baileys" | "cloud"
     reply_to: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class ChatReply:
-    chat_id: str
-    in_reply_to: str
-    text: str
-
-
-# ------------------------------------------------------------ supervision
-
-
-@dataclass(frozen=True, slots=True)
-class ChildExited:
-    """A child stopped. ``error`` is None for a normal exit.
-
-    ``generation`` distinguishes incarnations of one slot so that a late exit
-    report from an actor already replaced is ignored.
-    """
-
-    role: str
-    generation: int
-    error: BaseException | None
 
 
 @dataclass(frozen=True, slots=True)
