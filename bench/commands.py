@@ -51,6 +51,7 @@ def register_eval(sub: Any) -> None:
     ev.add_argument("--no-offline", action="store_true", help="skip the offline pass of the same recognizer")
     ev.add_argument("--no-noise", action="store_true", help="skip the noise / false barge-in calls")
     ev.add_argument("--noise-dbfs", type=float, default=-30.0, help="RMS level of the noise clips, dBFS (default -30)")
+    ev.add_argument("--gain-db", type=float, default=0.0, help="scale every speech clip by this many dB (-20: a quiet caller)")
     ev.add_argument("--rescore", help="score a saved eval.json again from its stored transcripts (no calls)")
     ev.add_argument("--out", help="write eval.json and eval.md into this folder")
     ev.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")

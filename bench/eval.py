@@ -40,6 +40,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,6 +70,7 @@ class EvalOptions:
     offline: bool = True
     noise: bool = True
     noise_dbfs: float = -30.0
+    gain_db: float = 0.0  # applied to every speech clip (quiet callers)
     stt: str = ""
     model: str = ""
     admin_token: str = ""
@@ -459,7 +461,7 @@ async def run_eval(opts: EvalOptions) -> dict[str, Any]:
         raise ValueError(f"--calls must be >= 1, got {opts.calls}")
     if not opts.admin_token:
         raise ValueError("the admin token is needed to read the stored transcripts: set CALLENGINE_ADMIN_TOKEN")
-    clips = await trio.to_thread.run_sync(load_clips, opts.data_dir, opts.clips or None)
+    clips = await trio.to_thread.run_sync(partial(load_clips, opts.data_dir, opts.clips or None, gain_db=opts.gain_db))
     base = _base(opts.url)
     health = await trio.to_thread.run_sync(_http_json, f"{base}/healthz")
     n = min(opts.calls, len(clips))
@@ -484,6 +486,7 @@ async def run_eval(opts: EvalOptions) -> dict[str, Any]:
         "clips": len(clips),
         "speakers": len({c.clip.speaker for c in clips}),
         "audio_s": round(sum(c.seconds for c in clips), 1),
+        "gain_db": opts.gain_db,
         "live_s": round(live_s, 1),
         "loadavg": os.getloadavg(),
         "live": {
@@ -533,7 +536,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     oc = off.get("counts")
     lines = [
         f"recorded speech: {report['clips']} utterances, {report['speakers']} speakers, {report['audio_s']} s; "
-        f"{report['calls']} concurrent calls; host stt={report['host'].get('stt')} "
+        f"{report['calls']} concurrent calls"
+        + (f", speech at {report['gain_db']:+.0f} dB" if report.get("gain_db") else "")
+        + f"; host stt={report['host'].get('stt')} "
         f"(offline model: {off.get('model') or off.get('skipped') or '-'})",
         "",
         "| | live (through the host) | offline (same model, μ-law, no engine) |",
@@ -598,6 +603,7 @@ def main(args: argparse.Namespace) -> int:
         offline=not args.no_offline,
         noise=not args.no_noise,
         noise_dbfs=args.noise_dbfs,
+        gain_db=getattr(args, "gain_db", 0.0) or 0.0,
         stt=args.stt,
         model=args.model,
         admin_token=os.environ.get("CALLENGINE_ADMIN_TOKEN", ""),

@@ -239,8 +239,18 @@ def clip_mulaw(pcm16: bytes) -> bytes:
     return ulaw_encode(pcm16)
 
 
-def load_clips(data_dir: Path | None = None, ids: tuple[str, ...] | None = None) -> list[LoadedClip]:
-    """The clips (all, or those named in ``ids``, in that order), decoded to μ-law."""
+def _gain(pcm16: bytes, db: float) -> bytes:
+    if not db:
+        return pcm16
+    x = np.frombuffer(pcm16, dtype="<i2").astype(np.float64) * 10 ** (db / 20.0)
+    return np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes()
+
+
+def load_clips(
+    data_dir: Path | None = None, ids: tuple[str, ...] | None = None, *, gain_db: float = 0.0
+) -> list[LoadedClip]:
+    """The clips (all, or those named in ``ids``, in that order), decoded to μ-law;
+    ``gain_db`` scales the speech first (e.g. -20: a quiet caller or a far microphone)."""
     data_dir = data_dir or default_data_dir()
     check_data(data_dir)
     by_id = {c.id: c for c in CLIPS}
@@ -248,7 +258,10 @@ def load_clips(data_dir: Path | None = None, ids: tuple[str, ...] | None = None)
     if unknown:
         raise DataError(f"unknown clip id(s): {', '.join(unknown)} (known: {', '.join(by_id)})")
     chosen = [by_id[i] for i in ids] if ids else list(CLIPS)
-    return [LoadedClip(c, reference_of(c, data_dir), ulaw_encode(_decode(data_dir / c.path, c.rate))) for c in chosen]
+    return [
+        LoadedClip(c, reference_of(c, data_dir), ulaw_encode(_gain(_decode(data_dir / c.path, c.rate), gain_db)))
+        for c in chosen
+    ]
 
 
 def _level(pcm16: bytes, dbfs: float, seconds: float) -> bytes:
