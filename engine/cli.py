@@ -4,12 +4,14 @@
 business profiles), so a typo is reported with its key and file and the process
 exits with status 2 instead of serving a broken line.
 
-With ``--workers 1`` the app runs in this process under ``trio.run`` with a
-signal-driven shutdown trigger that drains the host first (``engine.drain``:
-hypercorn's ``serve`` handles no signals itself); with ``--workers N``
-hypercorn's multi-process runner spawns N trio workers, each loading
-``engine.host:create_app()``, and turns SIGTERM/SIGINT into a shutdown of all
-of them, each draining first.
+The public port is served by the front listener (``engine.front``: the media
+WebSocket itself, everything else relayed to hypercorn on a private port;
+``engine.serving``). With ``--workers 1`` the app runs in this process under
+``trio.run`` with a signal-driven shutdown trigger that drains the host first
+(``engine.drain``); with ``--workers N`` the runner (``engine.workers``)
+spawns N worker processes sharing the listening socket, each with its own
+front and hypercorn, and turns SIGTERM/SIGINT into a shutdown of all of them,
+each draining first.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import os
 import signal
 import sys
 import tempfile
-from functools import partial
 from importlib.metadata import entry_points
 from typing import Sequence
 
@@ -72,40 +73,30 @@ def cmd_serve(args: argparse.Namespace) -> None:
         os.environ["CALLENGINE_SIDECAR_SECRET"] = secrets.token_urlsafe(32)
         settings = load_settings(args.config, overrides=overrides)
 
-    from hypercorn.config import Config
+    from engine.serving import listen_socket
 
-    hc = Config()
-    hc.bind = [f"{settings.host}:{settings.port}"]
-    hc.worker_class = "trio"
-    hc.graceful_timeout = 15.0
-    hc.keep_alive_timeout = 30.0
-    # The transport counts and drops messages over max_message_bytes itself; a
-    # larger hypercorn limit keeps an oversized message from closing the call.
-    hc.websocket_max_message_size = max(16 * settings.max_message_bytes, 1 << 20)
-    hc.accesslog = None
-    hc.errorlog = "-"
-    hc.loglevel = settings.log_level
+    try:
+        sock = listen_socket(settings.host, settings.port)
+    except OSError as exc:
+        _die(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
 
     if settings.workers <= 1:
         import trio
-        from hypercorn.trio.run import worker_serve
-        from hypercorn.utils import wrap_app
 
         from engine.drain import shutdown_trigger
         from engine.host import create_app
+        from engine.serving import serve
 
         app = create_app(settings)
-        # SIGTERM/SIGINT drain the host (engine.drain) before hypercorn stops listening.
-        trio.run(partial(worker_serve, wrap_app(app, 1 << 20, None), hc, shutdown_trigger=shutdown_trigger(app)))
+        # SIGTERM/SIGINT drain the host (engine.drain) before it stops listening.
+        trio.run(serve, app, settings, sock, shutdown_trigger(app))
         return
 
     from engine.workers import run_workers
 
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="callengine-metrics-"))
-    hc.workers = settings.workers
-    hc.application_path = "engine.host:create_app()"
     # Every worker drains its own calls; the runner waits for all of them.
-    raise SystemExit(run_workers(hc, settings.drain.timeout_s + settings.drain.closing_grace_s + 20.0))
+    raise SystemExit(run_workers(sock, settings.workers, settings.drain.timeout_s + settings.drain.closing_grace_s + 20.0))
 
 
 def cmd_voice_check(args: argparse.Namespace) -> None:

@@ -21,9 +21,9 @@ returns only once the drain is over:
    hooks stop the chats and the runtime as before.
 
 Owned by the host process's trio thread. ``shutdown_trigger`` is what
-``engine.cli`` hands hypercorn (one worker); with ``--workers N`` each worker
-wraps hypercorn's own trigger the same way (``engine.hypercorn_fixes``), and
-the runner (``engine.workers``) waits for every worker's drain.
+``engine.serving`` hands hypercorn; with ``--workers N`` each worker wraps the
+runner's shutdown event the same way (``engine.serving.worker_main``), and the
+runner (``engine.workers``) waits for every worker's drain.
 """
 
 from __future__ import annotations
@@ -67,8 +67,7 @@ _apps: list[Any] = []
 
 
 def register_app(app: Any) -> None:
-    """Remember the process's app (``create_app``): the multi-worker trigger
-    patched in by ``engine.hypercorn_fixes`` drains it."""
+    """Remember the process's app (``create_app``), for :func:`current_app`."""
     _apps.append(app)
 
 

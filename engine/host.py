@@ -10,10 +10,13 @@ Routes (the public contract; see README):
   ``/admin/...`` behind ``Authorization: Bearer $CALLENGINE_ADMIN_TOKEN``.
 - WhatsApp routes are added by ``whatsapp_bridge.routes`` when present.
 
-``WS /twilio/media`` is not a Quart route: it is a plain ASGI handler installed
-in front of Quart (``transports.asgi_ws.MediaRoute`` wrapping ``app.asgi_app``),
-because each Quart layer cost a task switch per media message (issue 6).
-Everything else, lifespan included, still goes to Quart.
+``WS /twilio/media`` is not a Quart route. ``callengine serve`` takes its
+upgrades on the public port itself (``engine.front``) and hands the connected
+socket to ``state["media"]``; hypercorn serves everything else from a private
+port. Served by plain hypercorn, the same handler runs over ASGI, installed in
+front of Quart (``transports.asgi_ws.MediaRoute`` wrapping ``app.asgi_app``),
+because each Quart layer cost a task switch per media message. Everything
+else, lifespan included, goes to Quart.
 
 The media handler (``_serve_media``) is the socket's one owner. It checks the
 upgrade (signature, then admission: ``engine.admission`` counts a call from
@@ -48,7 +51,7 @@ from quart import Response, g, jsonify, request
 from quart_trio import QuartTrio
 
 from actors.call import build_call_tree
-from engine import drain, hypercorn_fixes, testcall
+from engine import drain, testcall
 from engine.admin import register_admin
 from engine.config import Settings, load_settings
 from engine.console import register_routes as register_console_routes
@@ -69,8 +72,6 @@ from transports.twiml import connect_stream_twiml, say_and_hangup_twiml
 from whatsapp_bridge.routes import register_routes as register_whatsapp_routes
 from whatsapp_bridge.routes import get_service as get_whatsapp_service
 from whatsapp_bridge.routes import start_whatsapp
-
-hypercorn_fixes.apply()
 
 log = logging.getLogger("callengine.host")
 
@@ -241,12 +242,12 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     # ---- the media stream -------------------------------------------------------------------
 
     async def twilio_media(scope: Any, receive: Any, send: Any) -> None:
-        sock = MediaSocket(scope, receive, send)
-        try:
-            await _serve_media(sock, rt(), settings)
-        finally:
-            sock.release()  # a borrowed connection always goes back to the server
+        await _serve_media(MediaSocket(scope, receive, send), rt(), settings)
 
+    async def serve_media_socket(sock: MediaSocket) -> None:
+        await _serve_media(sock, rt(), settings)
+
+    state["media"] = serve_media_socket  # engine.front's media handler
     app.asgi_app = MediaRoute(app.asgi_app, "/twilio/media", twilio_media)  # type: ignore[method-assign]
 
     @app.get("/twilio/media")
@@ -291,10 +292,8 @@ async def _serve_admitted(sock: MediaSocket, runtime: Runtime, settings: Setting
     await sock.accept()
     info: CallInfo | None = None
     try:
-        # Read and write the connection directly from now on when the server
-        # lends it (hypercorn, plain TCP): no server task or queue per message.
-        if not await sock.take_over():
-            metrics.count("media_not_direct")
+        if not sock.direct:
+            metrics.count("media_not_direct")  # over ASGI: served by plain hypercorn
         started = await _await_start(sock, runtime, settings)
         if started is None:
             return

@@ -1,16 +1,14 @@
-"""``callengine serve --workers N``: hypercorn's multi-process runner, drain-aware.
+"""``callengine serve --workers N``: a multi-process runner, drain-aware.
 
-Why not ``hypercorn.run.run`` as it is: on SIGTERM it sets the workers'
-shutdown event, waits until *one* worker has exited, and then terminates all
-the others. Each worker drains its own calls (``engine.drain``, through
-``engine.hypercorn_fixes`` fix 7) and they finish at different times, so the
-first idle worker to finish would cut every other worker's calls short.
-
-This runner is the same loop for the trio worker (spawned processes sharing
-the listening sockets, a crashed worker with exit status 0 replaced, any other
-status stopping all), except that after the shutdown event it waits for
-*every* worker to finish its drain, up to ``drain_bound_s``, before it
-terminates what is left. No reloader (``callengine serve`` never used it).
+Spawned worker processes (``engine.serving.worker_main``) share the public
+listening socket; each runs its own front listener on it and its own hypercorn
+on a private port. A worker that exits with status 0 is replaced; any other
+status stops all. Why not ``hypercorn.run.run``: on SIGTERM it waits until
+*one* worker has exited and then terminates all the others; each worker drains
+its own calls (``engine.drain``) and they finish at different times, so the
+first idle worker to finish would cut every other worker's calls short. After
+the shutdown event this runner waits for *every* worker to finish its drain,
+up to ``drain_bound_s``, before it terminates what is left.
 """
 
 from __future__ import annotations
@@ -24,12 +22,28 @@ from typing import Any
 __all__ = ["run_workers"]
 
 
-def run_workers(config: Any, drain_bound_s: float) -> int:
-    """Serve with ``config.workers`` trio workers until SIGTERM/SIGINT; the exit status."""
-    from hypercorn.run import _join_exited, _populate
-    from hypercorn.trio.run import trio_worker
+def _populate(processes: list[Any], workers: int, sock: Any, shutdown_event: Any, ctx: Any) -> None:
+    from engine.serving import worker_main
 
-    sockets = config.create_sockets()
+    for _ in range(workers - len(processes)):
+        process = ctx.Process(target=worker_main, args=(sock, shutdown_event))
+        process.start()
+        processes.append(process)
+
+
+def _join_exited(processes: list[Any]) -> int:
+    exitcode = 0
+    for index in reversed(range(len(processes))):
+        worker = processes[index]
+        if worker.exitcode is not None:
+            worker.join()
+            exitcode = worker.exitcode if exitcode == 0 else exitcode
+            del processes[index]
+    return exitcode
+
+
+def run_workers(sock: Any, workers: int, drain_bound_s: float) -> int:
+    """Serve on ``sock`` with ``workers`` processes until SIGTERM/SIGINT; the exit status."""
     ctx = get_context("spawn")
     shutdown_event = ctx.Event()
     active = True
@@ -46,7 +60,7 @@ def run_workers(config: Any, drain_bound_s: float) -> int:
             # The workers inherit SIGINT ignored; each drains on its own
             # signal receiver or on the shutdown event (engine.drain).
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            _populate(processes, config, trio_worker, sockets, shutdown_event, ctx)
+            _populate(processes, workers, sock, shutdown_event, ctx)
             for name in ("SIGINT", "SIGTERM"):
                 signal.signal(getattr(signal, name), shutdown)
             wait([process.sentinel for process in processes])
@@ -65,6 +79,5 @@ def run_workers(config: Any, drain_bound_s: float) -> int:
             if exitcode == 0 and process.exitcode not in (0, None):
                 exitcode = process.exitcode
     finally:
-        for sock in sockets.secure_sockets + sockets.insecure_sockets:
-            sock.close()
+        sock.close()
     return exitcode

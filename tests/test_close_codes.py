@@ -2,9 +2,9 @@
 
 A text message that is not UTF-8 closes with 1007, a binary frame inside a
 fragmented text message (and any other framing error) with 1002, never 1011
-("internal error", which blames the server). Here: hypercorn's own ASGI
-WebSocket path (``engine.hypercorn_fixes`` fix 6) with a plain ASGI app; the
-real host's media socket (direct mode, ``transports.asgi_ws``) is checked in
+("internal error", which blames the server). Here: the front listener's media
+socket (``engine.front``, direct mode of ``transports.asgi_ws``) with a handler
+that reads until the peer is gone; the real host is checked in
 ``tests/test_reliability.py`` with the same frames.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import os
 import struct
-from functools import partial
 from typing import Any
 
 import pytest
@@ -76,34 +75,28 @@ async def close_code_after(port: int, frames: list[bytes], headers: str = "") ->
     return None
 
 
-async def _asgi_reader(scope: Any, receive: Any, send: Any) -> None:
-    """A plain ASGI WebSocket app: accept, read until the peer is gone."""
-    if scope["type"] == "lifespan":
-        while True:
-            msg = await receive()
-            await send({"type": msg["type"] + ".complete"})
-            if msg["type"] == "lifespan.shutdown":
-                return
-    await receive()  # websocket.connect
-    await send({"type": "websocket.accept"})
-    while (await receive())["type"] != "websocket.disconnect":
+async def _reader(sock: Any) -> None:
+    """A media handler: accept, read until the peer is gone, close."""
+    assert await sock.connect()
+    await sock.accept()
+    while await sock.receive() is not None:
         pass
+    await sock.close()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-async def test_hypercorn_asgi_path_close_codes(case: str) -> None:
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
+async def test_front_media_socket_close_codes(case: str) -> None:
+    import socket
 
-    from engine import hypercorn_fixes
+    from engine.front import Front, Peers
 
-    hypercorn_fixes.apply()
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = config.errorlog = None
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    front = Front(_reader, ("127.0.0.1", 9), Peers())  # nothing is relayed here
     frames, expected = CASES[case]
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(serve, _asgi_reader, config, mode="asgi"))
-        port = int(binds[0].rsplit(":", 1)[1])
-        assert await close_code_after(port, frames) == expected
+        await nursery.start(front.serve, listener)
+        assert await close_code_after(listener.getsockname()[1], frames) == expected
         nursery.cancel_scope.cancel()

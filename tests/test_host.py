@@ -158,14 +158,14 @@ def test_sigint_stops_a_single_worker_host(tmp_path: Path) -> None:
 
 
 async def test_a_caller_that_stops_reading_is_hung_up_on_and_no_other_call_is_touched(tmp_path: Path) -> None:
-    """hypercorn_fixes 4.: a media socket whose peer stopped reading (its receive
-    window is full) but keeps sending: the transport's send stalls, the bounded
-    write closes the connection, and the call ends (recorded, counted). A second
+    """A media socket whose peer stopped reading (its receive window is full)
+    but keeps sending: the transport's send stalls, the send watchdog resets
+    the connection, and the call ends (recorded, counted). A second
     call on the same host runs to its end without an error or an underrun."""
     from wsproto import ConnectionType, WSConnection
     from wsproto.events import AcceptConnection, Request, TextMessage
 
-    from engine.hypercorn_fixes import WRITE_TIMEOUT_S
+    from transports.asgi_ws import SEND_TIMEOUT_S as WRITE_TIMEOUT_S
     from callsim import Pause, SimulatedCaller
     from transports.signature import compute
     from transports.twilio import CallerSideStream

@@ -1,20 +1,21 @@
-"""Direct mode of the media socket over real hypercorn (``hypercorn_fixes`` 5.,
-``MediaSocket.take_over``): the connection is borrowed from the server after
-the upgrade, read and written by the socket itself, and given back.
+"""Direct mode of the media socket behind the front listener (``engine.front``,
+``MediaSocket.on_socket``): the front reads the upgrade request, and the socket
+owns the TCP connection from then on, reading and writing it itself; every
+other connection is relayed to a real hypercorn on a private port.
 
-A real hypercorn (``hypercorn.trio.serve``, in this process, with the fixes
-applied) serves a small ASGI app built on ``MediaSocket``; the client is a raw
-TCP socket speaking RFC 6455 through wsproto, so the tests control exactly
-which bytes arrive before and after the loan (a message split across it, a
-ping, a close, garbage).
+The front and hypercorn (``hypercorn.trio.serve``) run in this process; the
+media handler is a small function of ``MediaSocket``; the client is a raw TCP
+socket speaking RFC 6455 through wsproto, so the tests control exactly which
+bytes arrive and when (a message split across reads, bytes sent with the
+upgrade request, a ping, a close, garbage).
 """
 
 from __future__ import annotations
 
+import json
 import socket
 from typing import Any, Awaitable, Callable
 
-import pytest
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
@@ -24,52 +25,60 @@ from wsproto.events import (
     CloseConnection,
     Ping,
     Pong,
+    RejectConnection,
+    RejectData,
     Request,
     TextMessage,
 )
 from wsproto.frame_protocol import Opcode
 
-from engine import hypercorn_fixes
+from engine.front import Front, Peers, RealClient
 from transports.asgi_ws import MediaSocket
-
-hypercorn_fixes.apply()
 
 App = Callable[[MediaSocket], Awaitable[None]]
 
 
-async def start_server(nursery: trio.Nursery, handler: App, **config: Any) -> int:
-    """Serve ``handler`` (one MediaSocket per WebSocket) on a free port; the port."""
+async def http_app(scope: Any, receive: Any, send: Any) -> None:
+    """What hypercorn serves behind the front: lifespan, and for HTTP the
+    client address it saw, as JSON."""
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    body = json.dumps({"client": list(scope["client"]), "path": scope["path"]}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        sock = MediaSocket(scope, receive, send)
-        try:
-            await handler(sock)
-        finally:
-            sock.release()
 
+async def start_server(nursery: trio.Nursery, handler: App, *, max_message: int = 1 << 20) -> int:
+    """The front on a free port: ``/media`` upgrades to ``handler`` (one
+    MediaSocket each), all else relayed to hypercorn. The public port."""
+    peers = Peers()
     cfg = Config()
     cfg.bind = ["127.0.0.1:0"]
     cfg.accesslog = None
     cfg.errorlog = None
-    for key, value in config.items():
-        setattr(cfg, key, value)
-    binds = await nursery.start(lambda task_status: serve(app, cfg, task_status=task_status))
-    return int(binds[0].rsplit(":", 1)[1])
+    binds = await nursery.start(lambda task_status: serve(RealClient(http_app, peers), cfg, task_status=task_status))
+    upstream = int(binds[0].rsplit(":", 1)[1])
+    front = Front(handler, ("127.0.0.1", upstream), peers, media_path="/media", max_message=max_message)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.setblocking(False)
+    await nursery.start(front.serve, listener)
+    return listener.getsockname()[1]
 
 
 async def open_direct(sock: MediaSocket) -> bool:
-    """Take the upgrade, accept it, and borrow the connection (True if lent)."""
+    """Take the upgrade and accept it (True: the socket owns the connection)."""
     assert await sock.connect()
     await sock.accept()
-    return await sock.take_over()
+    return sock.direct
 
 
 class Client:
@@ -131,16 +140,14 @@ def masked_frame(opcode: int, payload: bytes, *, fin: bool) -> bytes:
     return head + b"\0\0\0\0" + payload
 
 
-async def test_messages_before_and_after_the_loan_arrive_in_order_and_replies_go_direct() -> None:
+async def test_bytes_with_the_upgrade_and_a_message_split_across_reads_arrive_in_order() -> None:
     got: list[Any] = []
-    borrowed: list[bool] = []
-    may_borrow = trio.Event()
+    result: dict[str, Any] = {}
 
     async def handler(sock: MediaSocket) -> None:
-        assert await sock.connect()
-        await sock.accept()
-        await may_borrow.wait()
-        borrowed.append(await sock.take_over())
+        result["direct"] = await open_direct(sock)
+        result["path"] = sock.path_and_query
+        result["client"] = sock.client_ip
         while (m := await sock.receive()) is not None:
             got.append(m[0])
             if m[0] == "bye":
@@ -151,25 +158,77 @@ async def test_messages_before_and_after_the_loan_arrive_in_order_and_replies_go
 
     async with trio.open_nursery() as nursery:
         port = await start_server(nursery, handler)
-        c = await Client.connect(port)
-        await c.text("a")
+        s = trio.socket.socket()
+        await s.connect(("127.0.0.1", port))
+        c = Client(s)
+        # The upgrade request and the first message in one write: the front must
+        # keep what followed the request head.
+        await c.raw(c.ws.send(Request(host=f"127.0.0.1:{port}", target="/media?x=1")) + masked_frame(Opcode.TEXT, b"a", fin=True))
+        await c.until(lambda ev: any(isinstance(e, AcceptConnection) for e in ev))
         await c.text("b")
-        # A message begun before the loan (first fragment) and finished after it.
         await c.raw(masked_frame(Opcode.TEXT, b"fir", fin=False))
-        await trio.sleep(0.2)  # hypercorn has read all of it
-        may_borrow.set()
-        await trio.sleep(0.2)
+        await trio.sleep(0.2)  # the socket has read the first fragment
         await c.raw(masked_frame(Opcode.CONTINUATION, b"st", fin=True))
         await c.text("c")
         await c.text("bye")
         await c.until(lambda ev: any(isinstance(e, CloseConnection) for e in ev))
         await c.until_eof()
         nursery.cancel_scope.cancel()
-    assert borrowed == [True]
+    assert result == {"direct": True, "path": "/media?x=1", "client": "127.0.0.1"}
     assert got == ["a", "b", "first", "c", "bye"]
     assert c.texts() == ["one", "two"]
     close = [e for e in c.events if isinstance(e, CloseConnection)]
-    assert close[0].code == 1000  # framed by hypercorn after the connection was given back
+    assert close[0].code == 1000
+
+
+async def test_a_refusal_is_an_http_response_with_its_status() -> None:
+    async def handler(sock: MediaSocket) -> None:
+        assert await sock.connect()
+        await sock.refuse(503, "too many calls", 1013)
+
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, handler)
+        s = trio.socket.socket()
+        await s.connect(("127.0.0.1", port))
+        c = Client(s)
+        await c.raw(c.ws.send(Request(host=f"127.0.0.1:{port}", target="/media")))
+        await c.until_eof()
+        nursery.cancel_scope.cancel()
+    rejected = [e for e in c.events if isinstance(e, RejectConnection)]
+    assert rejected and rejected[0].status_code == 503
+    assert b"".join(e.data for e in c.events if isinstance(e, RejectData)) == b"too many calls"
+
+
+async def test_other_connections_are_relayed_with_keep_alive_and_the_real_client_address() -> None:
+    """Not the media path (or not an upgrade): hypercorn answers, two requests on
+    one connection, and it sees the client's address, not the relay's."""
+
+    async def handler(sock: MediaSocket) -> None:
+        raise AssertionError("not a media upgrade")
+
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, handler)
+        s = trio.socket.socket()
+        await s.connect(("127.0.0.1", port))
+        mine = s.getsockname()
+        answers: list[dict[str, Any]] = []
+        buf = b""
+        for path in ("/media", "/other"):
+            await s.send(f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n".encode())
+            with trio.fail_after(5):
+                while True:
+                    head, sep, rest = buf.partition(b"\r\n\r\n")
+                    if sep:
+                        length = int(next(l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")))
+                        if len(rest) >= length:
+                            answers.append(json.loads(rest[:length]))
+                            buf = rest[length:]
+                            break
+                    buf += await s.recv(65536)
+        s.close()
+        nursery.cancel_scope.cancel()
+    assert [a["path"] for a in answers] == ["/media", "/other"]
+    assert all(tuple(a["client"]) == tuple(mine) for a in answers)
 
 
 async def test_a_ping_is_answered_and_a_peer_close_ends_receive_with_its_code() -> None:
@@ -213,7 +272,7 @@ async def test_an_oversized_message_is_refused_with_1009() -> None:
         await sock.close()
 
     async with trio.open_nursery() as nursery:
-        port = await start_server(nursery, handler, websocket_max_message_size=1000)
+        port = await start_server(nursery, handler, max_message=1000)
         c = await Client.connect(port)
         await trio.sleep(0.2)
         await c.text("y" * 5000)
@@ -228,9 +287,7 @@ async def test_garbage_and_a_dropped_connection_end_receive_without_raising() ->
     results: list[Any] = []
 
     async def handler(sock: MediaSocket) -> None:
-        await sock.connect()
-        await sock.accept()
-        await sock.take_over()
+        await open_direct(sock)
         results.append(await sock.receive())
         results.append(sock.close_code)
         await sock.close()
@@ -252,29 +309,6 @@ async def test_garbage_and_a_dropped_connection_end_receive_without_raising() ->
     assert results[2] is None and results[3] == 1006
 
 
-@pytest.mark.parametrize("config", [{"websocket_ping_interval": 5.0}])
-async def test_without_a_loan_the_socket_stays_on_asgi(config: dict[str, Any]) -> None:
-    """Where the server cannot lend the connection (here: hypercorn's own pings
-    would write beside us), ``take_over`` is False and ASGI carries everything."""
-    result: dict[str, Any] = {}
-
-    async def handler(sock: MediaSocket) -> None:
-        result["direct"] = await open_direct(sock)
-        result["got"] = (await sock.receive())[0]
-        result["nowait"] = sock.send_text_nowait("no")
-        await sock.send_text("echo " + result["got"])
-        await sock.close()
-
-    async with trio.open_nursery() as nursery:
-        port = await start_server(nursery, handler, **config)
-        c = await Client.connect(port)
-        await c.text("z")
-        await c.until(lambda ev: any(isinstance(e, CloseConnection) for e in ev))
-        nursery.cancel_scope.cancel()
-    assert result == {"direct": False, "got": "z", "nowait": False}
-    assert c.texts() == ["echo z"]
-
-
 async def test_a_peer_that_stops_reading_is_cut_off_and_the_backlog_kept_in_order() -> None:
     """Writes the kernel does not take wait in the backlog, in order; a backlog
     older than the send timeout makes ``wait_send_stalled`` return, and closing
@@ -282,10 +316,8 @@ async def test_a_peer_that_stops_reading_is_cut_off_and_the_backlog_kept_in_orde
     result: dict[str, Any] = {}
 
     async def handler(sock: MediaSocket) -> None:
-        await sock.connect()
-        await sock.accept()
         sock.send_timeout = 0.5
-        result["direct"] = await sock.take_over()
+        result["direct"] = await open_direct(sock)
         n = 0
         with trio.move_on_after(10) as scope:
             async with trio.open_nursery() as inner:

@@ -126,7 +126,7 @@ async def test_idle_upgrades_are_capped_and_closed_by_the_start_deadline(fault_h
     t0 = time.monotonic()
     opened = [await upgrade(fault_host) for _ in range(MAX_PENDING + 3)]
     statuses = [status for status, _ in opened]
-    assert statuses[:MAX_PENDING] == [b"HTTP/1.1 101 "] * MAX_PENDING, statuses
+    assert all(s.startswith(b"HTTP/1.1 101 ") for s in statuses[:MAX_PENDING]), statuses
     assert all(s.startswith(b"HTTP/1.1 503") for s in statuses[MAX_PENDING:]), statuses
     closed_after = []
     with trio.fail_after(START_TIMEOUT_S + 5):

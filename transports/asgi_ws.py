@@ -19,11 +19,12 @@ Two pieces:
   ``close``, and refusals through hypercorn's ``websocket.http.response``
   extension when the server offers it.
 
-Direct mode (round 3): once accepted, the socket may borrow the connection
-from hypercorn (``MediaSocket.take_over``, ``engine.hypercorn_fixes`` fix 5) and
-read and write it itself; then not even hypercorn's per-message path (its read
-task, protocol layers, app queue, send lock) is left between the peer and the
-transport. Where the server cannot lend it, everything stays on ASGI.
+Direct mode: a socket made by :meth:`MediaSocket.on_socket` owns its TCP
+connection outright. The public port's front listener (``engine.front``) reads
+the upgrade request itself and hands the connected socket over, so no server
+task, protocol layer, queue or lock lies between the peer and the transport:
+one task waits on the file descriptor per read, and a send is a non-blocking
+write. wsproto frames the WebSocket (its ``Connection``, a public API).
 
 Ownership: the host's handler owns the socket (it accepts or refuses it and
 closes it at the end); the call's transport actor only reads and writes through
@@ -37,25 +38,31 @@ the kernel's buffers are full. Rather than a cancel scope around every send
 the whole hop it replaces), :meth:`MediaSocket.send_text` stamps when a send
 begins and :meth:`MediaSocket.wait_send_stalled` sleeps until one send has been
 in progress for a given time; the transport runs it beside its loops and ends
-the call when it returns. Caveat, stated where it matters: hypercorn 0.18
-performs the socket write itself inside a *shielded* cancel scope
-(``hypercorn.trio.tcp_server.TCPServer.protocol_send``), which no cancellation
-from the application interrupts; a write stalled in the kernel returns only
-when the peer reads, resets or closes, unless that write is bounded on
-hypercorn's side.
+the call when it returns. In direct mode the stalled connection is reset at
+once; over ASGI, how soon a stalled write returns is up to the server.
 """
 
 from __future__ import annotations
 
 import enum
 import socket as _socket
+import struct
 from collections import deque
 from time import monotonic as _monotonic
 from typing import Any, Awaitable, Callable, MutableMapping
 
 import trio
 from wsproto.connection import ConnectionState as _WsState
-from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto import WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    RejectData,
+    TextMessage,
+)
 
 __all__ = [
     "MediaRoute",
@@ -102,6 +109,17 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_ABNORMAL = 1006  # no close frame: the connection dropped (never sent on the wire)
 
 _RECV_BYTES = 65536
+
+#: How long :meth:`MediaSocket.close` waits for the peer's close frame after its own.
+CLOSE_WAIT_S = 1.0
+
+
+async def _no_receive() -> Message:
+    return {"type": "websocket.disconnect", "code": CLOSE_ABNORMAL}
+
+
+async def _no_send(message: Message) -> None:
+    return None
 
 
 def _data(msg: Message) -> str | bytes:
@@ -156,18 +174,19 @@ class MediaSocket:
     - :meth:`close` and the refusals are idempotent and never raise for a
       gone peer; each is bounded by ``send_timeout``.
 
-    Direct mode (:meth:`take_over`, hypercorn only): once accepted, the socket
-    may borrow the connection from the server (``engine.hypercorn_fixes``, fix
-    5) and read and write it itself, with the same guarantees: one task waits
+    Direct mode (:meth:`on_socket`): the socket owns a TCP connection whose
+    upgrade request was read already, with the same guarantees: one task waits
     on the file descriptor per read (no server task, queue or hop), and a send
     is a synchronous non-blocking write (:meth:`send_text_nowait`), so a sender
     on the trio thread need not even switch tasks. What the kernel does not take
     at once waits in a backlog, written in order before anything newer; it is
     flushed by whoever awaits (:meth:`send_text`, :meth:`wait_send_stalled`)
-    and by the next write. :meth:`release` gives the connection back to the
-    server (:meth:`close` does it first); a backlog still unwritten then means a
-    partial frame and a peer that does not read, and the connection is reset
-    instead of a close being framed after it.
+    and by the next write. Messages are limited to ``max_message`` bytes (a
+    larger one closes with 1009), a ping is answered, and a peer's bytes that
+    wsproto cannot parse fail the connection with the RFC 6455 code it names
+    (1002, 1007). :meth:`release` closes the connection (:meth:`close` frames
+    a close first); a backlog still unwritten then means a partial frame and a
+    peer that does not read, and the connection is reset instead.
     """
 
     __slots__ = (
@@ -178,7 +197,11 @@ class MediaSocket:
         "state",
         "close_code",
         "_send_since",
-        "_lent",
+        "_owned",
+        "_max_message",
+        "_frag",
+        "_frag_size",
+        "_early",
         "_sock",
         "_fd",
         "_ws",
@@ -188,7 +211,6 @@ class MediaSocket:
         "_backlog_wake",
         "_flushing",
         "_flushed",
-        "_failed",
     )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, *, send_timeout: float = SEND_TIMEOUT_S) -> None:
@@ -199,7 +221,11 @@ class MediaSocket:
         self.state = SocketState.CONNECTING
         self.close_code: int | None = None  # the peer's close code, once it disconnected
         self._send_since: float | None = None  # trio time at which the send in progress began
-        self._lent: Any = None  # hypercorn_fixes.BorrowedWebSocket while in direct mode
+        self._owned = False  # direct mode: this object owns the TCP connection
+        self._max_message = 0
+        self._frag: list[str | bytes] = []  # a fragmented message being assembled
+        self._frag_size = 0
+        self._early = b""  # bytes the peer sent after its upgrade request, before the accept
         self._sock: _socket.socket | None = None
         self._fd = -1
         self._ws: Any = None
@@ -209,7 +235,6 @@ class MediaSocket:
         self._backlog_wake: trio.Event | None = None
         self._flushing = False
         self._flushed: trio.Event | None = None
-        self._failed = False  # we failed the connection for a protocol error (close frame sent)
 
     # ---- the request -------------------------------------------------------------------
 
@@ -237,6 +262,8 @@ class MediaSocket:
 
     async def connect(self) -> bool:
         """Take the ``websocket.connect`` event. False if the peer left first."""
+        if self._owned:
+            return self.state is SocketState.CONNECTING and self._sock is not None
         while self.state is SocketState.CONNECTING:
             msg = await self._receive()
             kind = msg.get("type")
@@ -250,61 +277,61 @@ class MediaSocket:
     async def accept(self) -> None:
         if self.state is SocketState.CONNECTING:
             self.state = SocketState.OPEN
+            if self._owned:
+                self._write(self._ws.send(AcceptConnection()))
+                self._ws = self._ws.connection  # the handshake is over: frame directly
+                early, self._early = self._early, b""
+                if early:
+                    self._feed(early, _monotonic())  # what the peer sent right after its request
+                return
             await self._send({"type": "websocket.accept"})
 
-    async def take_over(self) -> bool:
-        """After :meth:`accept`: switch to direct mode if the server lends the
-        connection (see the class docstring). False: nothing changed, ASGI
-        carries on. The owner's task calls it, before any reader or writer runs."""
-        if self.state is not SocketState.OPEN or self._lent is not None:
-            return False
-        from engine import hypercorn_fixes
-
-        lent = await hypercorn_fixes.borrow_websocket(self._receive)
-        if lent is None:
-            return False
-        self._lent = lent
-        self._ws = lent.ws
-        self._fd = lent.fd
-        self._sock = _socket.socket(fileno=lent.fd)  # a view of the server's socket; detached, never closed
-        self._sock.setblocking(False)
-        t = _monotonic()
-        for msg in lent.early:
-            kind = msg.get("type")
-            if kind == "websocket.receive":
-                self._pending.append((_data(msg), t))
-            elif kind == "websocket.disconnect":
-                self._peer_gone(msg)
-        return True
+    @classmethod
+    def on_socket(
+        cls, scope: Scope, sock: _socket.socket, ws: WSConnection, *, max_message: int,
+        early: bytes = b"", send_timeout: float = SEND_TIMEOUT_S,
+    ) -> "MediaSocket":
+        """Direct mode: a socket that owns ``sock`` (connected, non-blocking) and
+        ``ws`` (a server ``WSConnection`` that has read the upgrade request);
+        ``early`` holds the bytes that followed the request. ``scope`` describes it as
+        ASGI would (``path``, ``query_string``, ``headers``, ``client``). The
+        owner answers it with :meth:`accept` or :meth:`refuse` and ends it with
+        :meth:`release`, which closes ``sock``."""
+        self = cls(scope, _no_receive, _no_send, send_timeout=send_timeout)
+        self._owned = True
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._ws = ws
+        self._max_message = max_message
+        self._early = early
+        return self
 
     @property
     def direct(self) -> bool:
-        """True while the connection is borrowed (direct mode)."""
+        """True while this object owns an open connection (direct mode)."""
         return self._sock is not None
 
     def release(self) -> None:
-        """Give a borrowed connection back to the server; idempotent, never blocks.
-        Later reads and writes go through ASGI again (or see the socket closed)."""
+        """Direct mode: close the connection now; idempotent, never blocks. A
+        backlog still unwritten (a partial frame, a peer that does not read)
+        resets it instead. Nothing over ASGI, where the server owns it."""
         sock = self._sock
         if sock is None:
             return
         broken = bool(self._backlog)
         self._backlog.clear()
         self._sock = None
-        sock.detach()
-        if self._failed and not broken:
-            # Our close frame (1002/1007) is on the wire: the server ends the
-            # connection without framing a close of its own (it would say 1011).
-            self._lent.give_back(broken=True)
-        elif broken:
-            # Unwritten bytes: the stream would be cut mid-frame, and the peer is
-            # not reading. Reset the connection now, so nothing of the server's (a
-            # close frame) waits on it.
-            self._lent.abort()
-            if self.state is SocketState.OPEN:
-                self.state = SocketState.CLOSED
-        else:
-            self._lent.give_back()
+        if broken:
+            try:
+                sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        trio.lowlevel.notify_closing(sock)  # wakes a reader or flusher waiting on it
+        sock.close()
+        if self.state is SocketState.OPEN:
+            self.state = SocketState.CLOSED
+        if self.close_code is None:
+            self.close_code = CLOSE_ABNORMAL
 
     async def refuse(self, status: int, body: str, close_code: int) -> None:
         """Refuse the upgrade: an HTTP ``status`` response with ``body`` where the
@@ -313,6 +340,17 @@ class MediaSocket:
             return
         self.state = SocketState.REFUSED
         payload = body.encode("utf-8")
+        if self._owned:
+            headers = [(b"content-type", b"text/plain; charset=utf-8")]
+            try:
+                self._write(self._ws.send(RejectConnection(status_code=status, headers=headers, has_body=True)))
+                self._write(self._ws.send(RejectData(data=payload)))
+            except Exception:  # wsproto refused (never expected): the connection is dropped
+                pass
+            with trio.move_on_after(self.send_timeout):
+                await self._drain()
+            self.release()
+            return
         with trio.move_on_after(self.send_timeout):
             try:
                 if "websocket.http.response" in (self.scope.get("extensions") or {}):
@@ -336,15 +374,12 @@ class MediaSocket:
 
     async def close(self, code: int = CLOSE_NORMAL) -> None:
         """Close an open socket with ``code``; nothing if it is closed already.
-        A borrowed connection is flushed (within ``send_timeout``) and given back
-        first; the server then frames the close."""
-        if self._sock is not None:
-            if self._backlog and self.state is not SocketState.CLOSED:
-                # What a send may take in all, counted from when the backlog began:
-                # a peer that stalled the call's sends gets no more time here.
-                with trio.move_on_at(self._backlog_since + self.send_timeout):
-                    await self._drain()
-            self.release()
+        In direct mode the backlog is flushed first (within ``send_timeout``),
+        the close frame written, the peer's close awaited (``CLOSE_WAIT_S``) so
+        that the frame is not lost to a reset, and the connection closed."""
+        if self._owned:
+            await self._close_owned(code)
+            return
         if self.state is not SocketState.OPEN and self.state is not SocketState.DETACHED:
             return
         self.state = SocketState.CLOSED
@@ -353,6 +388,32 @@ class MediaSocket:
                 await self._send({"type": "websocket.close", "code": code})
             except OSError:
                 pass
+
+    async def _close_owned(self, code: int) -> None:
+        if self._sock is None:
+            return
+        if self._backlog and self.state is not SocketState.CLOSED:
+            # What a send may take in all, counted from when the backlog began:
+            # a peer that stalled the call's sends gets no more time here.
+            with trio.move_on_at(self._backlog_since + self.send_timeout):
+                await self._drain()
+            if self._backlog:
+                self.release()  # reset: the peer is not reading
+                return
+        if self.state is SocketState.OPEN or self.state is SocketState.DETACHED:
+            self.state = SocketState.CLOSED
+            if self.close_code is None:
+                self._write_event(CloseConnection(code=code))
+                with trio.move_on_after(CLOSE_WAIT_S):
+                    await self._drain()
+                    while self.close_code is None and self._sock is not None and not self._backlog:
+                        try:
+                            await trio.lowlevel.wait_readable(self._fd)
+                        except (trio.ClosedResourceError, trio.BusyResourceError):
+                            break
+                        if not self._read_once():
+                            break
+        self.release()
 
     # ---- messages (the transport while the tree lives, else the owner) -------------------
 
@@ -383,52 +444,60 @@ class MediaSocket:
         while True:
             if pending:
                 return pending.popleft()
-            sock = self._sock
-            if self.close_code is not None or sock is None or self.state is SocketState.DETACHED:
-                if sock is None and self.close_code is None and self.state is SocketState.OPEN:
-                    return await self.receive()  # released while open: ASGI again
+            if self.close_code is not None or self._sock is None or self.state is SocketState.DETACHED:
                 return None
             try:
                 await trio.lowlevel.wait_readable(self._fd)
-            except trio.ClosedResourceError:  # the server closed it under us
+            except trio.ClosedResourceError:  # released under us
                 self._gone(CLOSE_ABNORMAL)
                 continue
-            if self._sock is None:
-                continue  # released while waiting
-            try:
-                data = sock.recv(_RECV_BYTES)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                self._gone(CLOSE_ABNORMAL)
-                continue
-            self._feed(data, _monotonic())
+            self._read_once()
+
+    def _read_once(self) -> bool:
+        """One non-blocking read fed to wsproto; False once the peer is gone."""
+        sock = self._sock
+        if sock is None:
+            return False  # released while waiting
+        try:
+            data = sock.recv(_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            self._gone(CLOSE_ABNORMAL)
+            return False
+        self._feed(data, _monotonic())
+        return self.close_code is None
 
     def _feed(self, data: bytes, t: float) -> None:
         """Bytes from the peer -> complete messages in ``_pending``; pings answered,
         the close handshake answered, oversized messages refused (1009)."""
+        self._ws.receive_data(data)
+        self._events(t)
+
+    def _events(self, t: float) -> None:
         ws = self._ws
-        ws.receive_data(data)
-        lent = self._lent
-        fragment = lent.fragment
+        frag = self._frag
         pending = self._pending
         for ev in ws.events():
             if isinstance(ev, (TextMessage, BytesMessage)):
-                if fragment.value is None and ev.message_finished and len(ev.data) <= lent.max_message:
+                if not frag and ev.message_finished and len(ev.data) <= self._max_message:
                     pending.append((ev.data, t))
                     continue
-                try:
-                    fragment.extend(ev)
-                except Exception:  # hypercorn's FrameTooLargeError
-                    fragment.clear()
+                frag.append(ev.data)
+                self._frag_size += len(ev.data)
+                if self._frag_size > self._max_message:
+                    frag.clear()
+                    self._frag_size = 0
                     self._write_event(CloseConnection(code=CLOSE_MESSAGE_TOO_BIG))
                     self._gone(CLOSE_MESSAGE_TOO_BIG)
                     return
                 if ev.message_finished:
-                    pending.append((_data(fragment.to_message()), t))
-                    fragment.clear()
+                    joined = "".join(frag) if isinstance(ev, TextMessage) else b"".join(frag)  # type: ignore[arg-type]
+                    pending.append((joined, t))
+                    frag.clear()
+                    self._frag_size = 0
             elif isinstance(ev, Ping):
                 self._write_event(ev.response())
             elif isinstance(ev, CloseConnection):
@@ -440,7 +509,6 @@ class MediaSocket:
                     # message, 1002 a protocol error such as a binary frame inside
                     # a fragmented text message). Fail the connection with it.
                     self._write_event(CloseConnection(code=ev.code, reason=(ev.reason or "")[:120]))
-                    self._failed = True
                 self._gone(ev.code if isinstance(ev.code, int) else CLOSE_NORMAL)
                 return
 
@@ -572,7 +640,7 @@ class MediaSocket:
                     await self._drain()
                 if self._backlog and self._sock is not None and self.close_code is None:
                     # A stalled peer: reset the connection at once (release with a
-                    # backlog aborts it), as hypercorn_fixes 4 does on the ASGI path.
+                    # backlog resets it).
                     self.release()
                     self.close_code = CLOSE_ABNORMAL
                     return
