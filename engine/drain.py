@@ -34,7 +34,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-__all__ = ["drain", "shutdown_trigger", "wait_for_signal", "register_app", "current_app", "CLOSING_DEFAULT"]
+__all__ = ["drain", "shutdown_trigger", "wait_for_signal", "CLOSING_DEFAULT"]
 
 log = logging.getLogger("callengine.drain")
 
@@ -61,18 +61,6 @@ async def wait_for_signal(seen: trio.Event | None = None, again: trio.Event | No
                 continue
             again.set()
             return
-
-
-_apps: list[Any] = []
-
-
-def register_app(app: Any) -> None:
-    """Remember the process's app (``create_app``), for :func:`current_app`."""
-    _apps.append(app)
-
-
-def current_app() -> Any:
-    return _apps[-1] if _apps else None
 
 
 async def drain(

@@ -51,7 +51,7 @@ from quart import Response, g, jsonify, request
 from quart_trio import QuartTrio
 
 from actors.call import build_call_tree
-from engine import drain, testcall
+from engine import testcall
 from engine.admin import register_admin
 from engine.config import Settings, load_settings
 from engine.console import register_routes as register_console_routes
@@ -93,7 +93,6 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         return runtime
 
     app.extensions["callengine"] = state
-    drain.register_app(app)
 
     def chats_in_flight() -> int:
         svc = get_whatsapp_service(app)
