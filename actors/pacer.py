@@ -19,7 +19,10 @@ Guarantees:
   sent; its echo (the caller heard it all) becomes ``PlaybackMarked``.
 - On ``ClearPlayback`` (the planner's turn-taker decided the caller spoke over
   the agent) while agent audio is queued or unheard, the queue is dropped,
-  ``clear`` is sent, and the planner gets ``PlaybackCleared``.
+  ``clear`` is sent, and the planner gets ``PlaybackCleared``. With a ``turn_id``
+  (that reply was cancelled), its audio is never played, even audio the TTS had
+  already sent: a cancelled reply's first chunk, followed by the next reply, was
+  heard as a fragment and a gap.
 - With an ``EchoReference`` (engine/echo.py), the level of every frame sent is
   noted there, so the decoder can tell the agent's voice coming back from the
   caller's.
@@ -117,7 +120,9 @@ class Pacer(TrioActor):
                 self._enqueue_end(msg.turn_id)
             self._pump()
         elif isinstance(msg, ClearPlayback):
-            if self.agent_audio_outstanding:
+            if msg.turn_id >= 0:
+                self._drop_turn(msg.turn_id, msg.t)
+            elif self.agent_audio_outstanding:
                 self._clear(msg.t)
         elif isinstance(msg, MarkEchoed):
             turn = self._pending_marks.pop(msg.name, None)
@@ -163,6 +168,18 @@ class Pacer(TrioActor):
             self._partial = b""
         self._queue.append((turn_id, _END))
         self._wakeup.set()
+
+    def _drop_turn(self, turn_id: int, t: float) -> None:
+        """A reply was cancelled before it was heard: audio of it that arrives later
+        is ignored, and if some is queued or out, the line is cleared."""
+        self._cleared_turns.add(turn_id)
+        outstanding = (
+            any(turn == turn_id for turn, _ in self._queue)
+            or (bool(self._partial) and self._partial_turn == turn_id)
+            or turn_id in self._pending_marks.values()
+        )
+        if outstanding:
+            self._clear(t)
 
     def _clear(self, t: float) -> None:
         turns = {turn for turn, _ in self._queue}

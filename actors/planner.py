@@ -266,6 +266,8 @@ class Planner(TrioActor):
                     if self._metrics is not None:
                         self._metrics.speculative("discarded")
             elif isinstance(d, CancelReply):
+                # Audio of it the TTS already sent must not be heard either.
+                self.ctx.send("pacer", ClearPlayback(t=now, turn_id=d.turn_id))
                 reply = self._replies.pop(d.turn_id, None)
                 if reply is not None:
                     reply.token.cancel(d.reason)

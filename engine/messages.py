@@ -271,9 +271,12 @@ class OutboundClear:
 @dataclass(frozen=True, slots=True)
 class ClearPlayback:
     """planner -> pacer: the caller spoke over the agent; drop its queued audio,
-    send ``clear``, and report each cleared reply (``PlaybackCleared``)."""
+    send ``clear``, and report each cleared reply (``PlaybackCleared``). With
+    ``turn_id``: only that reply was cancelled; its audio, queued or still to
+    come, is never played (``clear`` only if some of it was out)."""
 
     t: float
+    turn_id: int = -1
 
 
 @dataclass(frozen=True, slots=True)

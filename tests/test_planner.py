@@ -134,7 +134,9 @@ async def test_the_caller_going_on_before_hearing_the_reply_cancels_it_and_keeps
         call.tell(ReplyStamp(turn_id=first[0].turn_id, name="first_frame", t=time.monotonic()))
         await trio.sleep(0.2)
         call.tell(SpeechStarted(t=time.monotonic()))
-        assert [type(m) for m in call.pacer] == [ClearPlayback]  # the reply's audio is stopped
+        # The reply's audio is stopped, and what of it is still on its way dropped.
+        assert ClearPlayback(t=call.pacer[0].t, turn_id=first[0].turn_id) in call.pacer
+        assert all(isinstance(m, ClearPlayback) for m in call.pacer)
         assert first[0].cancel.cancelled
         await trio.sleep(0.5)
         call.tell(SpeechEnded(t=time.monotonic() - 0.2))
@@ -240,3 +242,42 @@ def test_the_agents_own_voice_coming_back_does_not_interrupt_it() -> None:
     # Without the gate, the same line made the agent cut its own greeting.
     sent = _echo_loop(gate=False)
     assert [m for m in sent if isinstance(m, OutboundClear)]
+
+
+def test_a_cancelled_replys_audio_is_never_played_even_when_it_arrives_late() -> None:
+    """The caller went on before the reply was heard: the planner cancels it, but
+    the TTS may already have sent a chunk. The pacer drops it (and clears the line
+    if some of it was out), so the caller never hears a fragment of it."""
+    from actors.pacer import Pacer
+    from engine.messages import AgentAudio, OutboundClear, OutboundMedia
+
+    sent: list[Any] = []
+    sup = Supervisor(
+        "call",
+        [
+            ChildSpec("transport", lambda ctx: Recorder(sent)),
+            ChildSpec("planner", lambda ctx: Recorder([])),
+            ChildSpec("pacer", lambda ctx: Pacer()),
+        ],
+    )
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            await n.start(run_root, sup)
+            sup.tell_role("pacer", ClearPlayback(t=1.0, turn_id=3))  # cancelled before any audio
+            sup.tell_role("pacer", AgentAudio(turn_id=3, mulaw=b"\x00" * 1600, last=True))
+            await trio.sleep(0.5)
+            assert not [m for m in sent if isinstance(m, OutboundMedia)]
+            sup.tell_role("pacer", AgentAudio(turn_id=4, mulaw=b"\x00" * 16000, last=False))
+            await trio.sleep(0.1)
+            assert [m for m in sent if isinstance(m, OutboundMedia)]
+            sup.tell_role("pacer", ClearPlayback(t=2.0, turn_id=4))  # cancelled while playing
+            await trio.testing.wait_all_tasks_blocked()
+            assert [m for m in sent if isinstance(m, OutboundClear)]
+            count = sum(isinstance(m, OutboundMedia) for m in sent)
+            sup.tell_role("pacer", AgentAudio(turn_id=4, mulaw=b"\x00" * 1600, last=True))
+            await trio.sleep(0.5)
+            assert sum(isinstance(m, OutboundMedia) for m in sent) == count
+            sup.request_stop()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
