@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -154,3 +157,25 @@ async def test_three_calls_against_a_stub_host(
     assert json.loads(paths[0].read_text())["calls"] == 3
     assert "engine overhead" in paths[1].read_text()
     assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_plugged_in_commands_run_from_callengine(stub_host: HostProcess) -> None:
+    """``call``, ``loadtest`` and ``eval`` come from callsim and bench through the
+    ``callengine.commands`` entry points (the product imports neither): listed by
+    ``callengine --help``, and ``callengine call`` places a real call."""
+    exe = str(Path(sys.executable).parent / "callengine")
+    listing = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    for command in ("serve", "voice-check", "call", "loadtest", "eval"):
+        assert command in listing.stdout
+    env = dict(os.environ, TWILIO_AUTH_TOKEN=TWILIO_TOKEN)
+    proc = subprocess.run(
+        [exe, "call", "--url", stub_host.ws, "--say", "I need a plumber", "--reply-timeout", "10", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["ok"] and result["turns"][0]["reply_first_frame_ms"] is not None
