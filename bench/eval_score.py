@@ -280,8 +280,9 @@ def attribute_turns(references: Sequence[str], turns: Sequence[str]) -> TurnAttr
     sequence, so that an utterance split across turns or two utterances merged
     into one turn score the same as when they are kept whole, and the turn
     structure is read off the alignment afterwards. An inserted word counts to
-    the utterance of the nearest aligned word before it (the first utterance when
-    there is none)."""
+    the utterance of the nearest aligned word of its own turn (before it, else
+    after it); a turn with no aligned word counts to the utterance of the last
+    aligned reference word before it (the first utterance when there is none)."""
     ref_words: list[str] = []
     ref_utt: list[int] = []
     for u, text in enumerate(references):
@@ -299,11 +300,16 @@ def attribute_turns(references: Sequence[str], turns: Sequence[str]) -> TurnAttr
     per = [Counts() for _ in range(n)]
     turns_of: list[set[int]] = [set() for _ in range(n)]
     utts_of_turn: dict[int, set[int]] = {}
+    # the utterance each recognised hypothesis word landed in
+    hyp_utt: dict[int, int] = {op.hyp: ref_utt[op.ref] for op in ops if op.ref is not None and op.hyp is not None}
     last_utt = 0
     # ref-word positions that were recognised (hit or substitution), per utterance
     recognised: list[list[int]] = [[] for _ in range(n)]
     for op in ops:
-        if op.ref is not None:
+        if op.ref is None and n:
+            assert op.hyp is not None
+            per[_insertion_utterance(op.hyp, hyp_turn, hyp_utt, last_utt)].ins += 1
+        elif op.ref is not None:
             u = ref_utt[op.ref]
             last_utt = u
             if op.kind == "del":
@@ -316,8 +322,6 @@ def attribute_turns(references: Sequence[str], turns: Sequence[str]) -> TurnAttr
                 t = hyp_turn[op.hyp]
                 turns_of[u].add(t)
                 utts_of_turn.setdefault(t, set()).add(u)
-        else:
-            per[last_utt].ins += 1 if n else 0
     lost_start: list[int] = []
     lost_end: list[int] = []
     first_word = 0
@@ -346,3 +350,15 @@ def attribute_turns(references: Sequence[str], turns: Sequence[str]) -> TurnAttr
         split=[u for u in range(n) if len(turns_of[u]) > 1],
         merged=sorted(t for t, us in utts_of_turn.items() if len(us) > 1),
     )
+
+
+def _insertion_utterance(h: int, hyp_turn: Sequence[int], hyp_utt: dict[int, int], fallback: int) -> int:
+    """The utterance an inserted hypothesis word ``h`` counts to (see :func:`attribute_turns`)."""
+    t = hyp_turn[h]
+    for step in (-1, 1):
+        j = h + step
+        while 0 <= j < len(hyp_turn) and hyp_turn[j] == t:
+            if j in hyp_utt:
+                return hyp_utt[j]
+            j += step
+    return fallback

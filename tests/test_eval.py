@@ -88,6 +88,11 @@ def test_words_heard_during_nothing_are_insertions_of_the_nearest_utterance() ->
     assert att.per_utterance[0].ins == 2
 
 
+def test_an_inserted_word_counts_to_the_utterance_its_own_turn_heard() -> None:
+    att = attribute_turns(["rear left", "rear right"], ["Rear. Left.", "We are... Right."])
+    assert [(c.hits, c.sub, c.ins) for c in att.per_utterance] == [(2, 0, 0), (1, 1, 1)]
+
+
 # ------------------------------------------------------------------ the data
 
 
