@@ -10,7 +10,9 @@ generator (``--client``, default the first tree) drives both. Usage::
     .venv/bin/python -m bench.front_cpu --tree /tmp/before --tree . --calls 50 --rounds 2
 
 Each run prints one JSON line (tree, the ``engine`` module it imported, CPU
-seconds in all and per call, the load test's errors and underruns).
+seconds in all and per call, the load test's errors, underruns and its own
+``cpu_pct_per_call``, as ``make bench`` reports it). Compare runs without
+errors: a call that fails early does less work.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def run_once(tree: Path, client: Path, calls: int, duration: float, out: Path, l
             before = t.user + t.system
             load = subprocess.run(
                 [py, "-m", "engine.cli", "loadtest", "--url", f"ws://127.0.0.1:{port}/twilio/media",
-                 "--calls", str(calls), "--ramp", str(max(1.0, calls / 20)), "--duration", str(duration), "--json"],
+                 "--calls", str(calls), "--ramp", str(max(1.0, calls / 20)), "--duration", str(duration), "--json",
+                 "--server-pid", str(proc.pid)],
                 env=dict(env, PYTHONPATH=str(client)), cwd=client, capture_output=True, text=True,
             )
             t = server.cpu_times()
@@ -87,7 +90,9 @@ def run_once(tree: Path, client: Path, calls: int, duration: float, out: Path, l
     return {
         "tree": str(tree), "engine": engine, "calls": calls, "server_cpu_s": round(used, 2),
         "cpu_s_per_call": round(used / calls, 3), "errors": report.get("errors"),
-        "underruns": report.get("underruns"), "loadavg_1m": round(os.getloadavg()[0], 2),
+        "underruns": report.get("underruns"), "cpu_pct_per_call": report.get("cpu_pct_per_call"),
+        "error_kinds": sorted({e for c in report.get("call_errors", []) for e in c["errors"]})[:5],
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
 
