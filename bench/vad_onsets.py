@@ -26,7 +26,7 @@ import numpy as np
 
 from engine.audio import frames, ulaw_decode, ulaw_encode
 from engine.messages import SpeechEnded, SpeechStarted
-from engine.providers.vad import VoiceActivityDetector
+from engine.vad import VoiceActivityDetector
 
 SOUNDS = "/usr/share/asterisk/sounds/en_US_f_Allison"
 LEVELS_DB = (0, -20, -30, -36)

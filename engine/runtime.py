@@ -98,7 +98,7 @@ class Runtime:
         self._beat_now = trio.Event()
         self.chat_hooks: list[Callable[["Runtime"], Any]] = []
         self.started_at = time.time()
-        self.vad_session: Any = None  # engine.providers.vad.SileroSession, loaded by create()
+        self.vad_session: Any = None  # engine.vad.SileroSession, loaded by create()
 
     @classmethod
     def create(cls, settings: Settings, *, call_tree: CallTreeFactory) -> "Runtime":
@@ -114,7 +114,7 @@ class Runtime:
         runtime = cls(settings, businesses, store, call_tree=call_tree)
         runtime.repair_at_start()
         runtime.prepare_audio()
-        from engine.providers.vad import SileroSession
+        from engine.vad import SileroSession
 
         # The one silero model of this process (~100 ms to load: here, never at call start).
         runtime.vad_session = SileroSession.shared(8000)
@@ -200,7 +200,7 @@ class Runtime:
         return next(iter(self.businesses.values()))
 
     def new_vad(self) -> Any:
-        from engine.providers.vad import VoiceActivityDetector
+        from engine.vad import VoiceActivityDetector
 
         v = self.settings.vad
         return VoiceActivityDetector(

@@ -22,7 +22,7 @@ from engine import audio as engine_audio
 from engine.audio import frames, ulaw_encode
 from engine.audio_history import AudioHistory
 from engine.messages import AudioChunk, CallerFrame, SpeechEnded, SpeechStarted, UtteranceEnded
-from engine.providers.vad import VoiceActivityDetector
+from engine.vad import VoiceActivityDetector
 from engine.supervisor import ChildSpec, Supervisor, run_root
 from tests.test_vad import FRAME, RATE, silence, speak
 

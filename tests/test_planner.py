@@ -168,7 +168,7 @@ def _echo_loop(*, gate: bool, echo_db: float = -12.0, delay_frames: int = 8) -> 
     from engine.audio_history import AudioHistory
     from engine.echo import EchoReference
     from engine.messages import CallerFrame, OutboundMedia
-    from engine.providers.vad import VoiceActivityDetector
+    from engine.vad import VoiceActivityDetector
 
     sounds = "/usr/share/asterisk/sounds/en_US_f_Allison"
     speech = np.concatenate([load(f"{sounds}/{n}.wav") for n in ("agent-newlocation", "queue-reporthold")])

@@ -60,7 +60,7 @@ silent. (Counted on the arrival clock, the frame that completes the hangover was
 taken as short of it about half the time under load, and the end waited a frame
 more: 13 ms median at 50 calls.)
 
-Benchmark: ``python -m engine.providers.vad --bench`` prints µs per 20 ms frame
+Benchmark: ``python -m engine.vad --bench`` prints µs per 20 ms frame
 for speech, silence and noise (not a test: timings depend on the machine).
 """
 
