@@ -11,8 +11,6 @@ need=()
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 if [ "$what" = "test" ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
-  # Real recorded speech (8 kHz prompts, CC-BY-SA-3.0) for the recognizer tests.
-  [ -f /usr/share/asterisk/sounds/en_US_f_Allison/agent-pass.wav ] || need+=(asterisk-core-sounds-en-wav)
   # The reverse proxy of the two-host test (deploy/nginx-two-hosts.conf).
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
   # Real recorded speech (8 kHz prompts, CC-BY-SA-3.0) for the recognizer tests.
