@@ -1,6 +1,6 @@
 """Two kinds of actor behind one API: trio tasks and pykka threads.
 
-Why two kinds (DESIGN.md, measured on 2 cores): one pykka thread per stage on
+Why two kinds (measured on 2 cores; docs/architecture.md): one pykka thread per stage on
 the 20 ms path cannot hold 50 calls, while trio tasks hold 200. So every actor on
 the 20 ms path (transport, decoder, pacer) is a ``TrioActor``; actors that must
 block (a vendor SDK's streaming session, a synchronous TTS call, the database)
@@ -178,7 +178,7 @@ class TrioActor:
     message for the actor's own task. Why: a message through the mailbox wakes
     the actor's task, which trio must then schedule, once per message per stage;
     at 50 calls these task switches are a large share of the trio thread, and
-    DESIGN.md measured 200 calls once the per-frame stages are plain calls
+    200 calls were measured once the per-frame stages are plain calls
     inside one task. What still holds:
     - Order and one-at-a-time: a message goes inline only while the actor is
       running (``on_start`` done, not stopping, not failed) and nothing it was

@@ -1,6 +1,6 @@
 """Structured logging: one JSON object per line, with call and turn ids.
 
-WARNING by default (DESIGN.md: nothing per frame, numbers live in metrics).
+WARNING by default: nothing per frame; numbers live in metrics and turn stamps.
 Fields passed through ``extra={...}`` become keys of the JSON object, so a log
 line about a call carries ``call_sid`` as data, not as text to parse; a line
 logged from one of a call's trio tasks carries it anyway (``call_sid_var``).

@@ -2,7 +2,7 @@
 
 The detector's bookkeeping runs on the trio thread, inside the decoder, once per
 20 ms caller frame, as plain calls (a thread handoff per frame costs more than
-that work; DESIGN.md), silero included (~65 µs per 32 ms window that may hold
+that work; docs/architecture.md), silero included (~65 µs per 32 ms window that may hold
 speech). ``feed`` never logs, never blocks and allocates little:
 
 - Frames are converted to float32 into a preallocated buffer; each 256 samples

@@ -58,7 +58,7 @@ def test_admin_tree_needs_the_bearer_token(host: HostProcess) -> None:
 
 
 def test_connection_close_closes_the_socket(host: HostProcess) -> None:
-    """DESIGN.md pitfall: with quart-trio, `Connection: close` left the socket open."""
+    """A known pitfall: with quart-trio, `Connection: close` left the socket open."""
     with socket.create_connection(("127.0.0.1", host.port), timeout=5) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         s.settimeout(5)

@@ -1,6 +1,6 @@
 """One ASGI WebSocket, bare: the media stream's socket without a framework.
 
-Why this exists (issue 6): through Quart, every media message took five hops on
+Why this exists: through Quart, every media message took five hops on
 the trio thread: hypercorn's queue -> Quart's receiver task -> Quart's queue ->
 the host's reader task -> a channel -> the transport; and as many back. Each hop
 is a task switch plus wrapper code, and at 50 calls they were a large share of

@@ -2,7 +2,7 @@
 
 Providers are *blocking* objects: they are called from pykka actor threads (or
 from a thread that a trio actor borrows through its own ``CapacityLimiter``),
-never from the trio thread itself. That is the split DESIGN.md measured: vendor
+never from the trio thread itself. That is the measured split (docs/architecture.md): vendor
 SDKs stream on their own threads, the 20 ms path stays on trio.
 
 One provider object exists per process and role (one shared Google client, one

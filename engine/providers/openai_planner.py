@@ -58,7 +58,7 @@ __all__ = ["OpenAIPlanner", "OpenAIConversation", "MAX_SYSTEM_PROMPT"]
 
 log = logging.getLogger(__name__)
 
-MAX_SYSTEM_PROMPT = 600  # characters (DESIGN.md: compact prompt <= 600 chars plus a short history)
+MAX_SYSTEM_PROMPT = 600  # characters: a compact prompt plus a short history keeps first-token latency low
 _LANG_NAMES = {"he": "Hebrew", "en": "English", "ar": "Arabic", "ru": "Russian", "fr": "French", "es": "Spanish"}
 _DEFAULT_FALLBACK = {
     "he": "סליחה, לא הבנתי. אפשר לומר את זה בכמה מילים?",
