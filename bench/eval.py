@@ -133,7 +133,7 @@ def start_host(admin_token: str, stt: str = "", model: str = "", timeout: float 
     env.setdefault("CALLENGINE_LOG_LEVEL", "WARNING")
     log_path = Path(data.name) / "host.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "callengine.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=log_path.open("wb"),

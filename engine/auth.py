@@ -2,7 +2,7 @@
 
 Admin routes answer 401 unless ``Authorization: Bearer <CALLENGINE_ADMIN_TOKEN>``
 matches (constant-time). With no token configured the admin API is closed. The
-host applies it once, before every request under ``/admin/`` (``engine.host``),
+host applies it once, before every request under ``/admin/`` (``callengine.host``),
 so no route can forget it.
 """
 

@@ -15,15 +15,15 @@ returns only once the drain is over:
    WhatsApp messages in flight are waited for too. A second signal cuts this
    wait short.
 3. Calls still live then are ended with reason ``shutdown``: each tree stops,
-   and its handler (``engine.host``) sends ``clear``, plays the business's
+   and its handler (``callengine.host``) sends ``clear``, plays the business's
    ``shutdown`` prompt and hangs up (bounded by ``drain.closing_grace_s``).
 4. The trigger returns; hypercorn stops serving and the app's ``after_serving``
    hooks stop the chats and the runtime as before.
 
 Owned by the host process's trio thread. ``shutdown_trigger`` is what
-``engine.serving`` hands hypercorn; with ``--workers N`` each worker wraps the
-runner's shutdown event the same way (``engine.serving.worker_main``), and the
-runner (``engine.workers``) waits for every worker's drain.
+``callengine.serving`` hands hypercorn; with ``--workers N`` each worker wraps the
+runner's shutdown event the same way (``callengine.serving.worker_main``), and the
+runner (``callengine.workers``) waits for every worker's drain.
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ def as_json(results: list[LineResult], *, business: str, voice: str, language: s
 
 
 def main(args: Any) -> int:
-    """The ``voice-check`` command (arguments from ``engine.cli``); returns the exit status."""
+    """The ``voice-check`` command (arguments from ``callengine.cli``); returns the exit status."""
     import json
     import sys
 

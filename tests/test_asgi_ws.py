@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from actors.transport import Transport
-from engine import host
+from callengine import host
 from engine.actor import TrioActor
 from engine.admission import Admission
 from engine.messages import CallerFrame, Hangup, OutboundMedia
@@ -340,7 +340,7 @@ async def test_a_peer_that_stops_reading_ends_its_call_only(autojump_clock: Any)
 
 
 class FakeRuntime:
-    """What ``engine.host._serve_media`` uses of ``Runtime``; call trees are the
+    """What ``callengine.host._serve_media`` uses of ``Runtime``; call trees are the
     real transport plus sinks, run under ``nursery`` as the calls supervisor would."""
 
     def __init__(self, nursery: trio.Nursery, *, fail_stt: bool = False) -> None:

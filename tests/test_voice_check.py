@@ -27,7 +27,7 @@ confirm = "We will call you at {phone}."
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", "voice-check", *args],
+        [sys.executable, "-m", "callengine.cli", "voice-check", *args],
         capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
     )
 

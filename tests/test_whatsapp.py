@@ -1,6 +1,6 @@
 """WhatsApp end to end: the real host app on hypercorn, a fake sidecar and a fake Graph API, real HTTP.
 
-Each host test starts ``engine.host.create_app`` (so the real runtime: rules
+Each host test starts ``callengine.host.create_app`` (so the real runtime: rules
 planner, SQLite store, recorder, supervision tree; whisper is loaded once per
 host, ~2-3 s) on a free loopback port, with the fake peers of
 ``tests/fakes/whatsapp_fakes.py`` on their own ports. The sans-IO parsers are
@@ -28,7 +28,7 @@ import pytest
 import trio
 
 from engine.config import CONFIG_DIR, load_settings
-from engine.host import create_app
+from callengine.host import create_app
 from engine.messages import CancelToken
 from engine.store import StoreUnavailable
 from tests.fakes.whatsapp_fakes import FakeGraph, FakeSidecar, serve_asgi

@@ -32,7 +32,7 @@ router (and through it the spawning of chat trees under ``runtime.chats``). When
 supervision tree (``whatsapp_bridge.sidecar_process``). All handlers and service methods run on the trio
 thread; store writes run on worker threads through ``runtime.read_store``.
 
-Wiring (``engine/host.py``): ``register_routes(app)`` in ``create_app`` (before
+Wiring (``callengine/host.py``): ``register_routes(app)`` in ``create_app`` (before
 serving), and ``await start_whatsapp(app, runtime)`` in ``before_serving``
 (which also registers the routes itself if that was not done: Quart accepts
 routes until the first request).

@@ -116,12 +116,12 @@ async def _event_set(event: Any) -> None:
 
 
 def worker_main(sock: socket.socket, shutdown_event: Any) -> None:
-    """A worker process of ``callengine serve --workers N`` (``engine.workers``):
+    """A worker process of ``callengine serve --workers N`` (``callengine.workers``):
     settings from the environment, its own app and private hypercorn port, the
     shared public socket. The runner's event (or a signal) drains it first."""
     from engine import drain
     from engine.config import load_settings
-    from engine.host import create_app
+    from callengine.host import create_app
 
     settings = load_settings()
     app = create_app(settings)

@@ -1,6 +1,6 @@
 """``callengine serve --workers N``: a multi-process runner, drain-aware.
 
-Spawned worker processes (``engine.serving.worker_main``) share the public
+Spawned worker processes (``callengine.serving.worker_main``) share the public
 listening socket; each runs its own front listener on it and its own hypercorn
 on a private port. A worker that exits with status 0 is replaced; any other
 status stops all. Why not ``hypercorn.run.run``: on SIGTERM it waits until
@@ -23,7 +23,7 @@ __all__ = ["run_workers"]
 
 
 def _populate(processes: list[Any], workers: int, sock: Any, shutdown_event: Any, ctx: Any) -> None:
-    from engine.serving import worker_main
+    from callengine.serving import worker_main
 
     for _ in range(workers - len(processes)):
         process = ctx.Process(target=worker_main, args=(sock, shutdown_event))

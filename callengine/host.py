@@ -52,7 +52,7 @@ from quart_trio import QuartTrio
 
 from actors.call import build_call_tree
 from engine import testcall
-from engine.admin import register_admin
+from callengine.admin import register_admin
 from engine.config import Settings, load_settings
 from engine.console import register_routes as register_console_routes
 from engine.logs import call_sid_var, setup_logging
@@ -198,7 +198,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             runtime.metrics.webhook_ack.labels(request.path).observe((time.monotonic() - received) * 1000.0)
         return resp
 
-    # ---- admin (every process and host merged; engine.admin) --------------------------
+    # ---- admin (every process and host merged; callengine.admin) --------------------------
 
     register_admin(app, settings, rt)
 

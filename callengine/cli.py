@@ -6,9 +6,9 @@ exits with status 2 instead of serving a broken line.
 
 The public port is served by the front listener (``engine.front``: the media
 WebSocket itself, everything else relayed to hypercorn on a private port;
-``engine.serving``). With ``--workers 1`` the app runs in this process under
+``callengine.serving``). With ``--workers 1`` the app runs in this process under
 ``trio.run`` with a signal-driven shutdown trigger that drains the host first
-(``engine.drain``); with ``--workers N`` the runner (``engine.workers``)
+(``engine.drain``); with ``--workers N`` the runner (``callengine.workers``)
 spawns N worker processes sharing the listening socket, each with its own
 front and hypercorn, and turns SIGTERM/SIGINT into a shutdown of all of them,
 each draining first.
@@ -73,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         os.environ["CALLENGINE_SIDECAR_SECRET"] = secrets.token_urlsafe(32)
         settings = load_settings(args.config, overrides=overrides)
 
-    from engine.serving import listen_socket
+    from callengine.serving import listen_socket
 
     try:
         sock = listen_socket(settings.host, settings.port)
@@ -84,15 +84,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
         import trio
 
         from engine.drain import shutdown_trigger
-        from engine.host import create_app
-        from engine.serving import serve
+        from callengine.host import create_app
+        from callengine.serving import serve
 
         app = create_app(settings)
         # SIGTERM/SIGINT drain the host (engine.drain) before it stops listening.
         trio.run(serve, app, settings, sock, shutdown_trigger(app))
         return
 
-    from engine.workers import run_workers
+    from callengine.workers import run_workers
 
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="callengine-metrics-"))
     # Every worker drains its own calls; the runner waits for all of them.

@@ -36,6 +36,7 @@ from engine.auth import admin_denied, admin_ok
 from engine.config import Settings
 from engine.presence import Presence, PresenceReader
 from engine.store import StoreUnavailable
+from whatsapp_bridge.routes import get_service
 
 __all__ = ["register_admin", "BadParameter", "int_arg"]
 
@@ -96,8 +97,6 @@ def register_admin(app: Any, settings: Settings, get_runtime: Callable[[], Any])
     # ---- this process's state and commands (trio thread) --------------------------------
 
     def whatsapp_local() -> dict[str, Any]:
-        from whatsapp_bridge.routes import get_service
-
         svc = get_service(app)
         qr = getattr(svc, "qr", None) if svc is not None else None
         out: dict[str, Any] = {"qr": qr["qr"] if qr else None, "qr_at": qr["at"] if qr else None}
@@ -107,8 +106,6 @@ def register_admin(app: Any, settings: Settings, get_runtime: Callable[[], Any])
         return out
 
     def chats_local() -> list[dict[str, Any]]:
-        from whatsapp_bridge.routes import get_service
-
         svc = get_service(app)
         router = svc.router if svc is not None else None
         return router.sessions() if router is not None else []
