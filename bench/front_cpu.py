@@ -54,6 +54,12 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 120
     raise RuntimeError("server not healthy")
 
 
+def _cli(tree: Path) -> str:
+    """The ``callengine`` command's module in ``tree`` (``engine.cli`` before the
+    application had a package of its own)."""
+    return "callengine.cli" if (tree / "callengine" / "cli.py").exists() else "engine.cli"
+
+
 def run_once(tree: Path, client: Path, calls: int, duration: float, out: Path, label: str) -> dict[str, Any]:
     port = _free_port()
     env = dict(os.environ, **STUBS, PYTHONPATH=str(tree), CALLENGINE_DATA_DIR=str(out / f"data-{label}"))
@@ -61,7 +67,7 @@ def run_once(tree: Path, client: Path, calls: int, duration: float, out: Path, l
     engine = subprocess.run([py, "-c", "import engine; print(engine.__file__)"], env=env, cwd=tree,
                             capture_output=True, text=True).stdout.strip()
     with open(out / f"{label}.log", "wb") as log:
-        proc = subprocess.Popen([py, "-m", "callengine.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        proc = subprocess.Popen([py, "-m", _cli(tree), "serve", "--host", "127.0.0.1", "--port", str(port)],
                                 env=env, cwd=tree, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_healthy(port, proc)
@@ -69,7 +75,7 @@ def run_once(tree: Path, client: Path, calls: int, duration: float, out: Path, l
             t = server.cpu_times()
             before = t.user + t.system
             load = subprocess.run(
-                [py, "-m", "callengine.cli", "loadtest", "--url", f"ws://127.0.0.1:{port}/twilio/media",
+                [py, "-m", _cli(client), "loadtest", "--url", f"ws://127.0.0.1:{port}/twilio/media",
                  "--calls", str(calls), "--ramp", str(max(1.0, calls / 20)), "--duration", str(duration), "--json",
                  "--server-pid", str(proc.pid)],
                 env=dict(env, PYTHONPATH=str(client)), cwd=client, capture_output=True, text=True,
