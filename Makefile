@@ -49,7 +49,7 @@ test-node: system-test $(SIDECAR)/node_modules/.package-lock.json
 	cd $(SIDECAR) && npm test
 
 test-python: $(STAMP) models system-test
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15
 
 bench: setup
 	bench/run_bench.sh
