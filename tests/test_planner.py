@@ -52,6 +52,26 @@ class Conversation:
         self.committed.append(user)
 
 
+def _planner_spec(call: Call, *, streaming_stt: bool = False) -> ChildSpec:
+    """The real planner of ``call``: its conversation, recording into its records."""
+    return ChildSpec(
+        "planner",
+        lambda ctx: Planner(
+            conversation=call.conv,
+            call_sid="CA1",
+            business_id="demo",
+            language="en-US",
+            voice="",
+            connected_at=time.monotonic(),
+            record=call.records.append,
+            limiter=trio.CapacityLimiter(4),
+            settings=TurnSettings(),
+            streaming_stt=streaming_stt,
+            call_stamps={},
+        ),
+    )
+
+
 class Call:
     def __init__(self, *, streaming_stt: bool = False) -> None:
         self.records: list[Any] = []
@@ -65,22 +85,7 @@ class Call:
                 ChildSpec("pacer", lambda ctx: Recorder(self.pacer)),
                 ChildSpec("tts", lambda ctx: Recorder(self.tts)),
                 ChildSpec("stt", lambda ctx: Recorder([])),
-                ChildSpec(
-                    "planner",
-                    lambda ctx: Planner(
-                        conversation=self.conv,
-                        call_sid="CA1",
-                        business_id="demo",
-                        language="en-US",
-                        voice="",
-                        connected_at=time.monotonic(),
-                        record=self.records.append,
-                        limiter=trio.CapacityLimiter(4),
-                        settings=TurnSettings(),
-                        streaming_stt=streaming_stt,
-                        call_stamps={},
-                    ),
-                ),
+                _planner_spec(self, streaming_stt=streaming_stt),
             ],
         )
 
@@ -212,25 +217,6 @@ def _echo_loop(*, gate: bool, echo_db: float = -12.0, delay_frames: int = 8) -> 
     # step however busy the machine is, so the echo's delay is the one asked for.
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     return sent
-
-
-def _planner_spec(call: Call) -> ChildSpec:
-    return ChildSpec(
-        "planner",
-        lambda ctx: Planner(
-            conversation=call.conv,
-            call_sid="CA1",
-            business_id="demo",
-            language="en-US",
-            voice="",
-            connected_at=time.monotonic(),
-            record=call.records.append,
-            limiter=trio.CapacityLimiter(4),
-            settings=TurnSettings(),
-            streaming_stt=False,
-            call_stamps={},
-        ),
-    )
 
 
 def test_the_agents_own_voice_coming_back_does_not_interrupt_it() -> None:
