@@ -179,17 +179,13 @@ class RecordingBatchStt:
         pass
 
 
-@pytest.mark.parametrize("batch_ms", [60, 100])
-async def test_a_batch_recognizer_gets_the_pre_roll_then_the_speech_in_order(line: bytes, batch_ms: int) -> None:
-    """The decoder sends the chunk that holds the speech detection before
-    SpeechStarted; the recognizer must still hear the pre-roll first, then the
-    speech, as one contiguous stretch of the caller's audio (a pre-roll played
-    after the onset garbled the first word: "When do you open" -> "and do your open")."""
+def _batch_tree(vad: VoiceActivityDetector, batch_ms: int) -> tuple[RecordingBatchStt, Supervisor]:
+    """A call tree of a real Decoder (with ``vad``) and SttActor feeding a recording
+    batch recognizer, the planner and pacer recording siblings."""
     from actors.stt import SttActor
 
     provider = RecordingBatchStt()
     history = AudioHistory()
-    vad = VoiceActivityDetector(hangover_ms=200)
     others: list[tuple[float, Any]] = []
     sup = Supervisor(
         "call",
@@ -200,9 +196,12 @@ async def test_a_batch_recognizer_gets_the_pre_roll_then_the_speech_in_order(lin
             ChildSpec("decoder", lambda ctx: Decoder(vad, history, batch_ms=batch_ms)),
         ],
     )
-    whole = line[: len(line) // (FRAME * 2) * FRAME * 2]
-    audio = silence(1.0) + whole + silence(0.6)
-    mulaw = ulaw_encode(audio)
+    return provider, sup
+
+
+async def _play_one_utterance(sup: Supervisor, provider: RecordingBatchStt, mulaw: bytes) -> None:
+    """Runs ``sup``, feeds it the caller's ``mulaw`` frame by frame and stops it once
+    the recognizer has been told the utterance ended (failing after 10 s)."""
     async with trio.open_nursery() as n:
         await n.start(run_root, sup)
         for i, f in enumerate(frames(mulaw, FRAME)):
@@ -211,6 +210,19 @@ async def test_a_batch_recognizer_gets_the_pre_roll_then_the_speech_in_order(lin
             while provider.ended == 0:
                 await trio.sleep(0.01)
         sup.request_stop()
+
+
+@pytest.mark.parametrize("batch_ms", [60, 100])
+async def test_a_batch_recognizer_gets_the_pre_roll_then_the_speech_in_order(line: bytes, batch_ms: int) -> None:
+    """The decoder sends the chunk that holds the speech detection before
+    SpeechStarted; the recognizer must still hear the pre-roll first, then the
+    speech, as one contiguous stretch of the caller's audio (a pre-roll played
+    after the onset garbled the first word: "When do you open" -> "and do your open")."""
+    provider, sup = _batch_tree(VoiceActivityDetector(hangover_ms=200), batch_ms)
+    whole = line[: len(line) // (FRAME * 2) * FRAME * 2]
+    audio = silence(1.0) + whole + silence(0.6)
+    mulaw = ulaw_encode(audio)
+    await _play_one_utterance(sup, provider, mulaw)
     heard = b"".join(provider.pushed)
     decoded = b"".join(engine_audio.ulaw_decode(f) for f in frames(mulaw, FRAME))
     start = decoded.find(heard)
@@ -231,34 +243,9 @@ SOFT_ONSETS = ("activated", "agent-user", "dir-pls-enter", "tt-weasels", "check-
 def _run_batch_tree(audio: bytes, batch_ms: int = 100) -> tuple[bytes, bytes]:
     """The caller's ``audio`` through a real Decoder and SttActor into a recording
     batch recognizer: (what the recognizer heard, the decoded caller audio)."""
-    from actors.stt import SttActor
-
-    provider = RecordingBatchStt()
-    history = AudioHistory()
-    vad = VoiceActivityDetector()
-    others: list[tuple[float, Any]] = []
-    sup = Supervisor(
-        "call",
-        [
-            ChildSpec("stt", lambda ctx: SttActor.start(ctx, provider, history, language="en")),
-            ChildSpec("planner", lambda ctx: Recorder(others)),
-            ChildSpec("pacer", lambda ctx: Recorder(others)),
-            ChildSpec("decoder", lambda ctx: Decoder(vad, history, batch_ms=batch_ms)),
-        ],
-    )
+    provider, sup = _batch_tree(VoiceActivityDetector(), batch_ms)
     mulaw = ulaw_encode(audio)
-
-    async def main() -> None:
-        async with trio.open_nursery() as n:
-            await n.start(run_root, sup)
-            for i, f in enumerate(frames(mulaw, FRAME)):
-                sup.tell_role("decoder", CallerFrame(mulaw=f, t=(i + 1) * FRAME / RATE))
-            with trio.fail_after(10):
-                while provider.ended == 0:
-                    await trio.sleep(0.01)
-            sup.request_stop()
-
-    trio.run(main)
+    trio.run(_play_one_utterance, sup, provider, mulaw)
     decoded = b"".join(engine_audio.ulaw_decode(f) for f in frames(mulaw, FRAME))
     return b"".join(provider.pushed), decoded
 
