@@ -20,38 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from bench.local_server import free_port, wait_healthy
+
 STUBS = {"CALLENGINE_STT": "stub", "CALLENGINE_TTS": "stub", "CALLENGINE_LLM": "stub"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("server not healthy")
 
 
 def _cli(tree: Path) -> str:
@@ -61,7 +39,7 @@ def _cli(tree: Path) -> str:
 
 
 def run_once(tree: Path, client: Path, calls: int, duration: float, out: Path, label: str) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, **STUBS, PYTHONPATH=str(tree), CALLENGINE_DATA_DIR=str(out / f"data-{label}"))
     py = sys.executable
     engine = subprocess.run([py, "-c", "import engine; print(engine.__file__)"], env=env, cwd=tree,
@@ -70,7 +48,7 @@ def run_once(tree: Path, client: Path, calls: int, duration: float, out: Path, l
         proc = subprocess.Popen([py, "-m", _cli(tree), "serve", "--host", "127.0.0.1", "--port", str(port)],
                                 env=env, cwd=tree, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_healthy(port, proc)
+            wait_healthy(port, proc)
             server = psutil.Process(proc.pid)
             t = server.cpu_times()
             before = t.user + t.system

@@ -25,13 +25,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from bench.local_server import free_port, wait_healthy
 from callsim.loadgen import DEFAULT_SCRIPT, parse_script, synthesize_script
 
 __all__ = ["main", "build_parser"]
@@ -82,14 +81,6 @@ def sample_tree(pids: list[int]) -> dict[str, float]:
     }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_host(port: int, data: Path, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLENGINE_") and k != "DATABASE_URL"}
     env.pop("TWILIO_AUTH_TOKEN", None)
@@ -101,21 +92,6 @@ def _start_host(port: int, data: Path, extra_env: dict[str, str]) -> subprocess.
         [exe, "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
         stderr=subprocess.STDOUT,
     )
-
-
-def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"host exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError("host did not become healthy")
 
 
 async def soak(url: str, pids: list[int], calls: int, minutes: float, interval_s: float = 60.0) -> dict[str, Any]:
@@ -227,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             tmp = tempfile.TemporaryDirectory(prefix="callengine-soak-")
             port = free_port()
             proc = _start_host(port, Path(tmp.name), extra)
-            _wait_healthy(port, proc)
+            wait_healthy(port, proc)
             url, pids = f"ws://127.0.0.1:{port}/twilio/media", [proc.pid]
         report = trio.run(soak, url, pids, args.calls, args.minutes, args.interval)
         report["host_env"] = args.host_env
