@@ -117,14 +117,23 @@ def test_hebrew_goes_to_the_fallback_voice(piper: PiperTts) -> None:
 
 
 def test_the_recognizer_hears_the_business_words(piper: PiperTts) -> None:
-    """Intelligibility, not a WER target: the embedded recognizer hears the key words after μ-law."""
+    """Intelligibility, not a WER target: the embedded recognizer hears the key words after μ-law.
+
+    Piper samples its prosody (each process renders a line differently, and one word can
+    go either way: "Demo Plumbing" once came back as "demo planning", "shekels" as
+    "check-holes"), so the check is on the content words of each line (stems, so that
+    "cost" matches "costs"), all but one of which must come through.
+    """
     from engine.providers.whisper_stt import WhisperStt
 
     stt = WhisperStt()
-    greeting = stt.transcribe_pcm16(ulaw_decode(b"".join(piper.synthesize(GREETING, language="en-US"))), 8000, "en")
-    answer = stt.transcribe_pcm16(ulaw_decode(b"".join(piper.synthesize(ANSWER, language="en-US"))), 8000, "en")
-    assert "plumbing" in greeting.lower()
-    assert "technician" in answer.lower()
+    for text, stems in (
+        (GREETING, ("reach", "demo", "plumbing", "help", "today")),
+        (ANSWER, ("visit", "cost", "shekel", "technician", "quote", "work", "site")),
+    ):
+        heard = stt.transcribe_pcm16(ulaw_decode(b"".join(piper.synthesize(text, language="en-US"))), 8000, "en")
+        missed = [w for w in stems if w not in heard.lower()]
+        assert len(missed) <= 1, f"{text!r} was heard as {heard!r} (missed {missed})"
 
 
 def test_g2p_maps_arpabet_to_espeak_ipa() -> None:
