@@ -28,8 +28,7 @@ The final: ``end_utterance`` decodes the whole utterance on the calling thread
 (the STT actor's), with priority. When the latest partial pass already covered
 all of it except a quiet tail (the VAD's hangover), its text is the final, taken
 at once or when that pass ends, with no second decode: whisper decodes a
-fixed window (below) whatever the utterance's length, so one pass costs about as
-much as another.
+30 s window whatever the utterance's length, so one pass costs as much as another.
 A partial is never reported after its utterance's final (one lock orders them).
 
 The window: an utterance of at most ``SHORT_AUDIO_S`` is padded with silence (in
