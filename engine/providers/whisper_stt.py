@@ -31,14 +31,6 @@ at once or when that pass ends, with no second decode: whisper decodes a
 30 s window whatever the utterance's length, so one pass costs as much as another.
 A partial is never reported after its utterance's final (one lock orders them).
 
-The window: an utterance of at most ``SHORT_AUDIO_S`` is padded with silence (in
-the audio, so the encoder sees the log-mel of silence it was trained on) to
-``SHORT_WINDOW_S`` and only that many frames are encoded, instead of 30 s: the
-encoder is most of a pass, so this cuts a base decode of a 2-6 s utterance about
-threefold with no loss of words on the asterisk prompts (``bench.whisper_stt``).
-Shorter windows, or padding with zero features, make whisper repeat the utterance
-("You are now muted. You are now muted. ..."), so longer audio keeps 30 s.
-
 Silence: an utterance that is too short or too quiet is not transcribed at all;
 a result that is empty, only punctuation, or a known whisper hallucination on
 non-speech ("Thank you.", "[BLANK_AUDIO]"...) reported with a high no-speech
@@ -100,10 +92,6 @@ MIN_PAUSE_PASS_S = 0.3
 #: Niceness added to the partial model's threads (CFS gives a nice-0 thread about
 #: nine times their share of a contended core).
 PARTIAL_NICE = 10
-#: Audio up to this long is decoded in a SHORT_WINDOW_S window instead of 30 s (the
-#: longest prompt measured without a repeated phrase in a 10 s window is 6.6 s).
-SHORT_AUDIO_S = 7.0
-SHORT_WINDOW_S = 10.0
 #: No interval pass before this much audio (pre-roll included): a short answer ("yes",
 #: a name) gets only the pass at its pause, so its final never waits behind a partial.
 FIRST_PASS_S = 1.2
@@ -257,18 +245,6 @@ class WhisperStt:
 
     def _transcribe(self, audio: np.ndarray, language: str | None, *, partial: bool = False) -> tuple[str, float]:
         model = self._partial_model if partial and self._partial_model is not None else self._model
-        window = int(SHORT_WINDOW_S * WHISPER_RATE)
-        if len(audio) <= SHORT_AUDIO_S * WHISPER_RATE:
-            audio = np.concatenate([audio, np.zeros(window - len(audio), dtype=np.float32)])
-            _frames.limit = window // _HOP
-        else:
-            _frames.limit = None
-        try:
-            return self._decode(model, audio, language)
-        finally:
-            _frames.limit = None
-
-    def _decode(self, model, audio: np.ndarray, language: str | None) -> tuple[str, float]:
         segments, _info = model.transcribe(
             audio,
             language=language,
@@ -285,34 +261,10 @@ class WhisperStt:
         return " ".join(t for t in texts if t).strip(), no_speech
 
 
-_HOP = 160  # whisper's log-mel hop: 100 frames a second
-#: The encoder frames the decode on this thread may use (None: faster-whisper's 30 s).
-_frames = threading.local()
-
-
-def _window_model():  # -> a WhisperModel subclass
-    """faster-whisper's model, whose ``encode`` keeps only the frames ``_frames.limit`` allows.
-
-    faster-whisper pads every segment's features to 3000 frames (30 s); CTranslate2's
-    encoder takes fewer. The limit is per thread because sessions share a model and a
-    decode runs on one thread from its ``transcribe`` call to its last segment.
-    """
-    from faster_whisper import WhisperModel
-
-    class _WindowModel(WhisperModel):
-        def encode(self, features: np.ndarray):
-            limit = getattr(_frames, "limit", None)
-            if limit is not None and features.shape[-1] > limit:
-                features = np.ascontiguousarray(features[..., :limit])
-            return super().encode(features)
-
-    return _WindowModel
-
-
 def _load(path: Path, cpu_threads: int, num_workers: int, *, nice: int = 0):  # -> WhisperModel
     """Load a CTranslate2 whisper model; with ``nice``, on a thread of that much lower
     priority, whose niceness the model's worker and compute threads inherit."""
-    WhisperModel = _window_model()
+    from faster_whisper import WhisperModel
 
     box: dict[str, object] = {}
 
