@@ -65,11 +65,6 @@ class EchoReference:
             self._peak = rms
         self.frames += 1
 
-    def note_level(self, rms: float) -> None:
-        if rms > self._peak:
-            self._peak = rms
-        self.frames += 1
-
     def take(self) -> float:
         """The loudest frame noted since the last ``take`` (0.0: none), and forget it."""
         peak, self._peak = self._peak, 0.0
