@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 from actors.decoder import Decoder
 from actors.pacer import Pacer
 from actors.planner import Planner, TurnSettings
-from actors.stt import PREROLL_BYTES, SttActor
+from actors.stt import SttActor
 from actors.transport import Transport
 from actors.tts import TtsActor
-from engine.audio_history import AudioHistory
+from engine.audio_history import PREROLL_BYTES, AudioHistory
 from engine.echo import EchoReference
 from engine.messages import CallInfo
 from engine.supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor

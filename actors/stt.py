@@ -35,7 +35,7 @@ from collections import deque
 from typing import Any
 
 from engine.actor import ActorContext, PykkaActor
-from engine.audio_history import AudioHistory
+from engine.audio_history import PREROLL_BYTES, AudioHistory
 from engine.messages import (
     AudioChunk,
     SessionFailed,
@@ -45,15 +45,6 @@ from engine.messages import (
 )
 from engine.providers.base import SpeechToText, SttSession
 
-#: Audio kept before the speech's first chunk for batch recognizers: 600 ms of
-#: 8 kHz PCM16, whatever the batch size. It must cover the VAD's decision delay
-#: (the onset to ``SpeechStarted``: min_speech_ms, silero's 32 ms windows and its
-#: slow rise on soft onsets), measured on real recorded speech (Asterisk's
-#: prompts, ``python -m bench.vad_onsets``): p95 220 ms at the level recorded,
-#: 365 ms 30 dB quieter. The delay exceeded 300 ms for 1.7 % (as recorded) to
-#: 16 % (36 dB quieter) of the prompts, 600 ms for 0-0.9 %. Not much more: long
-#: leading silence makes whisper guess worse.
-PREROLL_BYTES = 600 * 16
 #: Live audio a session must take before it fails for the failure to count as
 #: progress: 500 ms (a refused open fails within one 100 ms batch).
 PROGRESS_BYTES = 500 * 16

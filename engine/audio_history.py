@@ -36,8 +36,15 @@ from engine.messages import AudioChunk, UtteranceEnded
 
 Item = Union[AudioChunk, UtteranceEnded]
 
-#: 300 ms of 8 kHz PCM16: the speech onset before the VAD flags a chunk as speech.
-DEFAULT_PREROLL_BYTES = 300 * 16
+#: Audio kept before the speech's first chunk for batch recognizers: 600 ms of
+#: 8 kHz PCM16, whatever the batch size. It must cover the VAD's decision delay
+#: (the onset to ``SpeechStarted``: min_speech_ms, silero's 32 ms windows and its
+#: slow rise on soft onsets), measured on real recorded speech (Asterisk's
+#: prompts, ``python -m bench.vad_onsets``): p95 220 ms at the level recorded,
+#: 365 ms 30 dB quieter. The delay exceeded 300 ms for 1.7 % (as recorded) to
+#: 16 % (36 dB quieter) of the prompts, 600 ms for 0-0.9 %. Not much more: long
+#: leading silence makes whisper guess worse.
+PREROLL_BYTES = 600 * 16
 #: 1 s of 8 kHz PCM16 after an utterance: a recognizer ends its result on trailing silence.
 DEFAULT_SETTLE_BYTES = 1000 * 16
 
@@ -49,7 +56,7 @@ class AudioHistory:
         self,
         max_items: int = 500,
         *,
-        preroll_bytes: int = DEFAULT_PREROLL_BYTES,
+        preroll_bytes: int = PREROLL_BYTES,
         settle_bytes: int = DEFAULT_SETTLE_BYTES,
     ) -> None:
         if preroll_bytes < 0 or settle_bytes < 0:
