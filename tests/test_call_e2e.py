@@ -5,6 +5,12 @@ frames, a playback buffer that drains in real time, marks echoed when heard,
 ``clear`` honoured) and speaks lines synthesized offline by espeak-ng. The
 host runs the embedded providers: silero VAD, faster-whisper (tiny.en), espeak-ng
 and the rule planner. Everything is checked at the wire and in the store.
+
+The phone number is read by a person, not espeak-ng: the digits are the recorded
+telephony prompts of the evaluation data (``scripts/fetch-eval-data.sh``, run by
+``make test``), after an espeak-ng "My phone number is". espeak-ng's digits are
+misheard by whisper often enough ("0 5 4" -> "original 5-4") to make a test of the
+engine's lead flow depend on the synthesizer's diction.
 """
 
 from __future__ import annotations
@@ -12,15 +18,49 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
+import wave
+from pathlib import Path
+
+import numpy as np
 
 import pytest
 import trio
 from trio_websocket import open_websocket_url
 
+from bench.eval_data import DataError, default_data_dir
+from callsim.voice import synthesize_line
+from engine.audio import ulaw_decode, ulaw_encode
 from tests.conftest_host import TWILIO_TOKEN, HostProcess, host  # noqa: F401
 from callsim import BargeIn, Pause, PressKey, Say, SimulatedCaller, WaitForReply
 from transports.signature import compute
 from transports.twilio import CallerSideStream
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _recorded_digit(digit: str) -> np.ndarray:
+    """One digit read by a person (8 kHz PCM16), its leading and trailing silence cut."""
+    data = default_data_dir()
+    path = (data if data.is_absolute() else ROOT / data) / "asterisk" / "digits" / f"{digit}.wav"
+    if not path.is_file():
+        raise DataError(f"missing {path}; fetch it with scripts/fetch-eval-data.sh (make test does)")
+    with wave.open(str(path)) as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (8000, 2, 1), path
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > 650)
+    return pcm[max(0, loud[0] - 80) : loud[-1] + 80]
+
+
+def phone_number_line(number: str) -> bytes:
+    """ "My phone number is" (espeak-ng) then ``number`` digit by digit in a recorded
+    human voice, grouped 3-3-4 as people say it; 8 kHz μ-law."""
+    parts = [np.frombuffer(ulaw_decode(synthesize_line("My phone number is")), dtype="<i2")]
+    parts.append(np.zeros(1200, dtype="<i2"))
+    for i, digit in enumerate(number):
+        parts.append(_recorded_digit(digit))
+        parts.append(np.zeros(2000 if i in (2, 5) else 480, dtype="<i2"))
+    return ulaw_encode(np.concatenate(parts).astype("<i2").tobytes())
 
 
 def caller(h: HostProcess, steps: list, **kw) -> SimulatedCaller:  # type: ignore[type-arg]
@@ -35,7 +75,7 @@ async def test_call_transcribes_replies_confirms_the_number_and_stores_the_lead(
             WaitForReply(timeout=20),
             Say("My name is David Cohen"),
             WaitForReply(timeout=20),
-            Say("My phone number is 0 5 4 9 8 7 6 5 4 3"),
+            Say(audio=phone_number_line("0549876543")),
             WaitForReply(timeout=20),  # the number read back: "I have 0 5 4, 9 8 7, 6 5 4 3. Is that right?"
             Say("Yes, that's right"),
             WaitForReply(timeout=20),
