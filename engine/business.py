@@ -77,6 +77,14 @@ class Business:
     def prompt(self, key: str, lang: str | None = None, default: str = "") -> str:
         return self.prompts.get(lang or self.lang, {}).get(key, default)
 
+    def fixed_lines(self, lang: str | None = None) -> list[str]:
+        """What the business says word for word in ``lang`` (default: its language):
+        the FAQ answers and the prompts without a ``{field}`` to fill."""
+        lang = lang or self.lang
+        lines = [entry.answers[lang] for entry in self.faq if entry.answers.get(lang)]
+        lines += [text for text in self.prompts.get(lang, {}).values() if "{" not in text]
+        return lines
+
 
 def _req(data: Mapping[str, Any], key: str, typ: type | tuple[type, ...], src: str) -> Any:
     if key not in data:

@@ -140,6 +140,10 @@ class _AudioCache:
                 del self._inflight[key]
             pending.set()
 
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"pieces": len(self._items), "bytes": self._size, "hits": self.hits}
+
     def _put(self, key: str, audio: bytes) -> None:
         if not audio or len(audio) > self._max // 8:
             return
@@ -326,6 +330,10 @@ class PiperTts:
                 if cancel is not None and cancel.cancelled:
                     return
                 yield out[i : i + self._chunk]
+
+    def cache_stats(self) -> dict[str, int]:
+        """The sentence cache: pieces held, their bytes, and the hits so far."""
+        return self._cache.stats()
 
     def _mulaw(self, piece: str, priority: int) -> bytes:
         pcm = self.synthesize_pcm(piece, priority=priority)
