@@ -24,7 +24,8 @@ connection outright. The public port's front listener (``engine.front``) reads
 the upgrade request itself and hands the connected socket over, so no server
 task, protocol layer, queue or lock lies between the peer and the transport:
 one task waits on the file descriptor per read, and a send is a non-blocking
-write. wsproto frames the WebSocket (its ``Connection``, a public API).
+write. wsproto frames the WebSocket (its ``Connection``, a public API); that
+I/O is :class:`transports.ws_direct.DirectIO`, the base of :class:`MediaSocket`.
 
 Ownership: the host's handler owns the socket (it accepts or refuses it and
 closes it at the end); the call's transport actor only reads and writes through
@@ -44,26 +45,28 @@ once; over ASGI, how soon a stalled write returns is up to the server.
 
 from __future__ import annotations
 
-import enum
 import socket as _socket
-import struct
-from collections import deque
 from time import monotonic as _monotonic
 from typing import Any, Awaitable, Callable, MutableMapping
 
 import trio
-from wsproto.connection import ConnectionState as _WsState
 from wsproto import WSConnection
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    RejectConnection,
-    RejectData,
-    TextMessage,
+from wsproto.events import AcceptConnection, RejectConnection, RejectData
+
+from transports.ws_direct import DirectIO
+from transports.ws_protocol import (
+    CLOSE_ABNORMAL,
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TRY_AGAIN_LATER,
+    SEND_TIMEOUT_S,
+    SocketState,
+    text_frame,
 )
 
+# The socket's vocabulary (``transports.ws_protocol``) is part of this module's
+# documented API: the host refuses and closes calls with these names.
 __all__ = [
     "MediaRoute",
     "MediaSocket",
@@ -83,36 +86,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-#: How long one outbound message may take before the peer counts as gone. The
-#: kernel buffers well over 100 kB per socket and outbound media is ~12.5 kB/s,
-#: so a write that blocks at all means the peer is seconds behind already.
-SEND_TIMEOUT_S = 5.0
-
-#: RFC 6455 close codes used on refusal when the server offers no HTTP response.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TRY_AGAIN_LATER = 1013
-
-
-class SocketState(enum.Enum):
-    """CONNECTING -> OPEN [-> DETACHED] -> CLOSED; or CONNECTING -> REFUSED."""
-
-    CONNECTING = "connecting"  # websocket.connect not yet answered
-    OPEN = "open"  # accepted; messages flow
-    DETACHED = "detached"  # open, but only the owner may still close it
-    CLOSED = "closed"  # we closed, the peer disconnected, or a send failed
-    REFUSED = "refused"  # answered with an HTTP response or a close before accept
-
-
-CLOSE_MESSAGE_TOO_BIG = 1009
-CLOSE_ABNORMAL = 1006  # no close frame: the connection dropped (never sent on the wire)
-
-_RECV_BYTES = 65536
-
-#: How long :meth:`MediaSocket.close` waits for the peer's close frame after its own.
-CLOSE_WAIT_S = 1.0
-
 
 async def _no_receive() -> Message:
     return {"type": "websocket.disconnect", "code": CLOSE_ABNORMAL}
@@ -126,16 +99,6 @@ def _data(msg: Message) -> str | bytes:
     """The payload of an ASGI ``websocket.receive``: ``str`` for text, else ``bytes``."""
     text = msg.get("text")
     return text if text is not None else (msg.get("bytes") or b"")
-
-
-def text_frame(payload: bytes) -> bytes:
-    """One unfragmented, unmasked (server-to-client) RFC 6455 text frame."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
 class MediaRoute:
@@ -159,7 +122,7 @@ class MediaRoute:
             await self.app(scope, receive, send)
 
 
-class MediaSocket:
+class MediaSocket(DirectIO):
     """One ASGI WebSocket connection (see the module docstring).
 
     Guarantees:
@@ -189,52 +152,16 @@ class MediaSocket:
     peer that does not read, and the connection is reset instead.
     """
 
-    __slots__ = (
-        "scope",
-        "_receive",
-        "_send",
-        "send_timeout",
-        "state",
-        "close_code",
-        "_send_since",
-        "_owned",
-        "_max_message",
-        "_frag",
-        "_frag_size",
-        "_early",
-        "_sock",
-        "_fd",
-        "_ws",
-        "_pending",
-        "_backlog",
-        "_backlog_since",
-        "_backlog_wake",
-        "_flushing",
-        "_flushed",
-    )
+    __slots__ = ("scope", "_receive", "_send", "_send_since", "_owned", "_early")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, *, send_timeout: float = SEND_TIMEOUT_S) -> None:
+        super().__init__(send_timeout)
         self.scope = scope
         self._receive = receive
         self._send = send
-        self.send_timeout = send_timeout
-        self.state = SocketState.CONNECTING
-        self.close_code: int | None = None  # the peer's close code, once it disconnected
         self._send_since: float | None = None  # trio time at which the send in progress began
         self._owned = False  # direct mode: this object owns the TCP connection
-        self._max_message = 0
-        self._frag: list[str | bytes] = []  # a fragmented message being assembled
-        self._frag_size = 0
         self._early = b""  # bytes the peer sent after its upgrade request, before the accept
-        self._sock: _socket.socket | None = None
-        self._fd = -1
-        self._ws: Any = None
-        self._pending: deque[tuple[str | bytes, float]] = deque()
-        self._backlog: deque[memoryview] = deque()
-        self._backlog_since = 0.0  # trio time at which the backlog began
-        self._backlog_wake: trio.Event | None = None
-        self._flushing = False
-        self._flushed: trio.Event | None = None
 
     # ---- the request -------------------------------------------------------------------
 
@@ -311,28 +238,6 @@ class MediaSocket:
         """True while this object owns an open connection (direct mode)."""
         return self._sock is not None
 
-    def release(self) -> None:
-        """Direct mode: close the connection now; idempotent, never blocks. A
-        backlog still unwritten (a partial frame, a peer that does not read)
-        resets it instead. Nothing over ASGI, where the server owns it."""
-        sock = self._sock
-        if sock is None:
-            return
-        broken = bool(self._backlog)
-        self._backlog.clear()
-        self._sock = None
-        if broken:
-            try:
-                sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
-        trio.lowlevel.notify_closing(sock)  # wakes a reader or flusher waiting on it
-        sock.close()
-        if self.state is SocketState.OPEN:
-            self.state = SocketState.CLOSED
-        if self.close_code is None:
-            self.close_code = CLOSE_ABNORMAL
-
     async def refuse(self, status: int, body: str, close_code: int) -> None:
         """Refuse the upgrade: an HTTP ``status`` response with ``body`` where the
         server supports ``websocket.http.response``, else a close with ``close_code``."""
@@ -389,32 +294,6 @@ class MediaSocket:
             except OSError:
                 pass
 
-    async def _close_owned(self, code: int) -> None:
-        if self._sock is None:
-            return
-        if self._backlog and self.state is not SocketState.CLOSED:
-            # What a send may take in all, counted from when the backlog began:
-            # a peer that stalled the call's sends gets no more time here.
-            with trio.move_on_at(self._backlog_since + self.send_timeout):
-                await self._drain()
-            if self._backlog:
-                self.release()  # reset: the peer is not reading
-                return
-        if self.state is SocketState.OPEN or self.state is SocketState.DETACHED:
-            self.state = SocketState.CLOSED
-            if self.close_code is None:
-                self._write_event(CloseConnection(code=code))
-                with trio.move_on_after(CLOSE_WAIT_S):
-                    await self._drain()
-                    while self.close_code is None and self._sock is not None and not self._backlog:
-                        try:
-                            await trio.lowlevel.wait_readable(self._fd)
-                        except (trio.ClosedResourceError, trio.BusyResourceError):
-                            break
-                        if not self._read_once():
-                            break
-        self.release()
-
     # ---- messages (the transport while the tree lives, else the owner) -------------------
 
     async def receive(self) -> tuple[str | bytes, float] | None:
@@ -438,164 +317,6 @@ class MediaSocket:
                 self._peer_gone(msg)
                 return None
             # anything else (a stray websocket.connect) carries no message
-
-    async def _receive_direct(self) -> tuple[str | bytes, float] | None:
-        pending = self._pending
-        while True:
-            if pending:
-                return pending.popleft()
-            if self.close_code is not None or self._sock is None or self.state is SocketState.DETACHED:
-                return None
-            try:
-                await trio.lowlevel.wait_readable(self._fd)
-            except trio.ClosedResourceError:  # released under us
-                self._gone(CLOSE_ABNORMAL)
-                continue
-            self._read_once()
-
-    def _read_once(self) -> bool:
-        """One non-blocking read fed to wsproto; False once the peer is gone."""
-        sock = self._sock
-        if sock is None:
-            return False  # released while waiting
-        try:
-            data = sock.recv(_RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return True
-        except OSError:
-            data = b""
-        if not data:
-            self._gone(CLOSE_ABNORMAL)
-            return False
-        self._feed(data, _monotonic())
-        return self.close_code is None
-
-    def _feed(self, data: bytes, t: float) -> None:
-        """Bytes from the peer -> complete messages in ``_pending``; pings answered,
-        the close handshake answered, oversized messages refused (1009)."""
-        self._ws.receive_data(data)
-        self._events(t)
-
-    def _events(self, t: float) -> None:
-        ws = self._ws
-        frag = self._frag
-        pending = self._pending
-        for ev in ws.events():
-            if isinstance(ev, (TextMessage, BytesMessage)):
-                if not frag and ev.message_finished and len(ev.data) <= self._max_message:
-                    pending.append((ev.data, t))
-                    continue
-                frag.append(ev.data)
-                self._frag_size += len(ev.data)
-                if self._frag_size > self._max_message:
-                    frag.clear()
-                    self._frag_size = 0
-                    self._write_event(CloseConnection(code=CLOSE_MESSAGE_TOO_BIG))
-                    self._gone(CLOSE_MESSAGE_TOO_BIG)
-                    return
-                if ev.message_finished:
-                    joined = "".join(frag) if isinstance(ev, TextMessage) else b"".join(frag)  # type: ignore[arg-type]
-                    pending.append((joined, t))
-                    frag.clear()
-                    self._frag_size = 0
-            elif isinstance(ev, Ping):
-                self._write_event(ev.response())
-            elif isinstance(ev, CloseConnection):
-                if ws.state is _WsState.REMOTE_CLOSING:
-                    self._write_event(ev.response())
-                elif ws.state is _WsState.OPEN:
-                    # Not the peer's close: wsproto could not parse its bytes and
-                    # names the RFC 6455 code (1007 invalid UTF-8 in a text
-                    # message, 1002 a protocol error such as a binary frame inside
-                    # a fragmented text message). Fail the connection with it.
-                    self._write_event(CloseConnection(code=ev.code, reason=(ev.reason or "")[:120]))
-                self._gone(ev.code if isinstance(ev.code, int) else CLOSE_NORMAL)
-                return
-
-    def _write_event(self, event: Any) -> None:
-        try:
-            data = self._ws.send(event)
-        except Exception:  # wsproto's LocalProtocolError: the close handshake is past that
-            return
-        self._write(data)
-
-    def _gone(self, code: int) -> None:
-        self.close_code = code
-        if self.state is SocketState.OPEN:
-            self.state = SocketState.CLOSED
-
-    def send_text_nowait(self, text: str) -> bool:
-        """Direct mode only: write one text message now, without waiting (what the
-        kernel does not take waits in the backlog). False, without sending, when
-        the socket is not open or not in direct mode."""
-        if self.state is not SocketState.OPEN or self._sock is None:
-            return False
-        self._write(text_frame(text.encode("utf-8")))
-        return self.state is SocketState.OPEN
-
-    def _write(self, data: bytes) -> None:
-        sock = self._sock
-        if sock is None:
-            return
-        backlog = self._backlog
-        if backlog:
-            backlog.append(memoryview(data))
-            self._flush_nowait()
-            return
-        try:
-            sent = sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self._gone(CLOSE_ABNORMAL)
-            return
-        if sent < len(data):
-            backlog.append(memoryview(data)[sent:])
-            self._backlog_since = trio.current_time()
-            wake = self._backlog_wake
-            if wake is not None:
-                wake.set()
-
-    def _flush_nowait(self) -> None:
-        sock = self._sock
-        backlog = self._backlog
-        while backlog and sock is not None:
-            head = backlog[0]
-            try:
-                sent = sock.send(head)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                backlog.clear()
-                self._gone(CLOSE_ABNORMAL)
-                return
-            if sent < len(head):
-                backlog[0] = head[sent:]
-                return
-            backlog.popleft()
-
-    async def _drain(self) -> None:
-        """Wait until the backlog is written (or the socket is gone). One task
-        waits for writability at a time; others wait for it."""
-        while self._backlog and self._sock is not None and self.close_code is None:
-            if self._flushing:
-                flushed = self._flushed
-                if flushed is None:
-                    flushed = self._flushed = trio.Event()
-                await flushed.wait()
-                continue
-            self._flushing = True
-            try:
-                await trio.lowlevel.wait_writable(self._fd)
-            except trio.ClosedResourceError:  # the server closed it under us
-                self._backlog.clear()
-                self._gone(CLOSE_ABNORMAL)
-            finally:
-                self._flushing = False
-                flushed, self._flushed = self._flushed, None
-                if flushed is not None:
-                    flushed.set()
-            self._flush_nowait()
 
     async def send_text(self, text: str) -> bool:
         """Send one text message; see the class guarantees. Not bounded itself:
