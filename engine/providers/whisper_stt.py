@@ -28,8 +28,13 @@ The final: ``end_utterance`` decodes the whole utterance on the calling thread
 (the STT actor's), with priority. When the latest partial pass already covered
 all of it except a quiet tail (the VAD's hangover), its text is the final, taken
 at once or when that pass ends, with no second decode: whisper decodes a
-30 s window whatever the utterance's length, so one pass costs as much as another.
+window whatever the length of audio in it, so one pass costs as much as another.
 A partial is never reported after its utterance's final (one lock orders them).
+
+The window (``engine.providers.whisper_window``): an utterance of up to 7 s is
+decoded in a 10 s window of silence-padded audio, a third of the cost of whisper's
+30 s; a result that fails the window's checks (a decoder loop) is decoded again in
+30 s. ``window_fallbacks`` counts those.
 
 Silence: an utterance that is too short or too quiet is not transcribed at all;
 a result that is empty, only punctuation, or a known whisper hallucination on
@@ -47,7 +52,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
-import re
 import threading
 import time
 from pathlib import Path
@@ -61,6 +65,18 @@ from engine.messages import Transcript
 from engine.providers.base import ProviderError
 from engine.providers.decode_gate import DecodeGate
 from engine.providers.whisper_model import resolve_model
+from engine.providers.whisper_window import (
+    MAX_TOKENS_PER_S,
+    SHORT_AUDIO_S,
+    SHORT_WINDOW_S,
+    TOKEN_SLACK,
+    HOP,
+    encoder_frames,
+    joined,
+    normalise,
+    plausible,
+    windowed_model_class,
+)
 
 __all__ = ["WhisperStt", "WhisperSession", "process_gate"]
 
@@ -79,7 +95,6 @@ _HALLUCINATIONS = frozenset(
         "applause", "laughter", "subtitles by the amara org community", "please subscribe", "ill see you next time",
     }
 )
-_NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
 #: A batch this far below the utterance's loudest batch is a pause: start a pass now.
 QUIET_RATIO = 0.15
@@ -115,10 +130,6 @@ def _partial_pool() -> concurrent.futures.ThreadPoolExecutor:
     process_gate()
     assert _pool is not None
     return _pool
-
-
-def _normalise(text: str) -> str:
-    return " ".join(_NOT_WORD.sub(" ", text.lower().replace("'", "")).split())
 
 
 class WhisperStt:
@@ -164,6 +175,8 @@ class WhisperStt:
         self._language = language.strip()
         self.gate = process_gate(num_workers, partial_share)
         self._warned: set[str] = set()
+        #: Windowed decodes whose result failed the checks and were decoded again in 30 s.
+        self.window_fallbacks = 0
 
     def supports(self, language: str) -> bool:
         """Whether the model recognizes ``language`` (BCP-47); English-only models say no to others."""
@@ -232,7 +245,7 @@ class WhisperStt:
                 text, no_speech = self._transcribe(audio, language)
             finally:
                 self.gate.release_final()
-        norm = _normalise(text)
+        norm = normalise(text)
         if not norm:
             return ""
         if no_speech > _NO_SPEECH_DROP and norm in _HALLUCINATIONS:
@@ -244,7 +257,27 @@ class WhisperStt:
         return text
 
     def _transcribe(self, audio: np.ndarray, language: str | None, *, partial: bool = False) -> tuple[str, float]:
+        """(text, highest no-speech probability) of one pass: in the short window when
+        the audio fits it and the result passes the checks, else in whisper's 30 s."""
         model = self._partial_model if partial and self._partial_model is not None else self._model
+        seconds = len(audio) / WHISPER_RATE
+        if seconds <= SHORT_AUDIO_S:
+            window = int(SHORT_WINDOW_S * WHISPER_RATE)
+            padded = np.concatenate([audio, np.zeros(window - len(audio), dtype=np.float32)])
+            cap = int(MAX_TOKENS_PER_S * seconds) + TOKEN_SLACK
+            encoder_frames.limit = window // HOP
+            try:
+                segments = self._decode(model, padded, language, temperature=0.0, max_new_tokens=cap)
+            finally:
+                encoder_frames.limit = None
+            text, no_speech = joined(segments)
+            if text and plausible(segments, text, seconds, cap):
+                return text, no_speech
+            with _process_lock:
+                self.window_fallbacks += 1
+        return joined(self._decode(model, audio, language))
+
+    def _decode(self, model, audio: np.ndarray, language: str | None, **options: object) -> list:  # noqa: ANN001
         segments, _info = model.transcribe(
             audio,
             language=language,
@@ -252,19 +285,15 @@ class WhisperStt:
             condition_on_previous_text=False,
             without_timestamps=True,
             vad_filter=False,
+            **options,
         )
-        texts: list[str] = []
-        no_speech = 0.0
-        for seg in segments:  # decoding happens while iterating
-            texts.append(seg.text.strip())
-            no_speech = max(no_speech, float(seg.no_speech_prob))
-        return " ".join(t for t in texts if t).strip(), no_speech
+        return list(segments)  # decoding happens while iterating
 
 
 def _load(path: Path, cpu_threads: int, num_workers: int, *, nice: int = 0):  # -> WhisperModel
     """Load a CTranslate2 whisper model; with ``nice``, on a thread of that much lower
     priority, whose niceness the model's worker and compute threads inherit."""
-    from faster_whisper import WhisperModel
+    WhisperModel = windowed_model_class()
 
     box: dict[str, object] = {}
 
