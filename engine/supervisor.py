@@ -9,7 +9,8 @@ stop in reverse order.
 The decisions (child specs and their validation, restart intensity, backoff,
 retry before fallback, the half-open probe, what progress excuses) are pure code
 in ``engine.restart_policy``, which states them precisely; this module carries
-them out with trio and pykka. What it adds:
+them out with trio and pykka, on ``engine.slot_runner`` (starting and stopping
+one incarnation within its bounds). What it adds:
 
 - ``restart``: ``permanent`` children are always restarted; ``transient`` ones
   only after an abnormal exit (an exception); ``temporary`` ones never, and
@@ -65,6 +66,7 @@ from engine.restart_policy import (
     as_enum,
     check_children,
 )
+from engine.slot_runner import SlotRunner
 
 __all__ = [
     "Restart",
@@ -89,7 +91,7 @@ class SupervisorEscalation(Exception):
     """A supervisor exceeded its restart intensity and gave up."""
 
 
-class Supervisor(TrioActor):
+class Supervisor(SlotRunner):
     """A supervisor of trio and pykka children (see module docstring)."""
 
     kind = "supervisor"
@@ -108,7 +110,7 @@ class Supervisor(TrioActor):
         on_exit: Callable[["Supervisor", BaseException | None], None] | None = None,
         on_event: Callable[[str, str], None] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(env)
         if not isinstance(name, str) or not name:
             raise ValueError(f"supervisor name must be a non-empty string; got {name!r}")
         self.name = name
@@ -119,13 +121,9 @@ class Supervisor(TrioActor):
         self.period = period
         children = list(children)
         check_children(children, self.auto_shutdown)
-        self.env: Mapping[str, Any] = env if env is not None else {}
         self._rng = rng or random.Random()
-        self._slots: dict[str, Slot] = {}
-        self._order: list[str] = []
         for spec in children:
             self._add_slot(spec)
-        self._events_send, self._events_recv = trio.open_memory_channel[Any](1024)
         self._escalation: SupervisorEscalation | None = None
         self._finished = trio.Event()
         self._started = trio.Event()
@@ -135,7 +133,6 @@ class Supervisor(TrioActor):
         # "escalated", for metrics. Called on the trio thread; must be cheap.
         self._on_event = on_event
         self.unknown_role_drops = 0  # messages for a role this supervisor does not have
-        self.abandoned = 0  # children that did not stop within their shutdown bound
         self._significant_exited = 0
         self.exit_error: BaseException | None = None
 
@@ -322,119 +319,7 @@ class Supervisor(TrioActor):
             except Exception:  # noqa: BLE001
                 log.exception("supervisor on_exit hook failed")
 
-    # ------------------------------------------------------------------ reports
-
-    def child_ready(self, role: str, generation: int) -> None:
-        """``engine.actor.Parent``: an incarnation finished starting."""
-        slot = self._slots.get(role)
-        if slot is not None and slot.generation == generation and slot.ready is not None:
-            slot.ready.set()
-
-    def child_exited(self, role: str, generation: int, error: BaseException | None) -> None:
-        """``engine.actor.Parent``: an incarnation ended; a late report of a replaced one is ignored."""
-        slot = self._slots.get(role)
-        if slot is None or slot.generation != generation:
-            return  # a late report from a replaced incarnation
-        if slot.status is SlotStatus.STARTING and slot.ready is not None:
-            slot.start_error = error or RuntimeError("exited during start")
-            slot.ready.set()
-        if slot.done is not None:
-            slot.done.set()
-        if slot.stop_requested:
-            return
-        try:
-            self._events_send.send_nowait(("exit", (role, generation, error)))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            log.error("supervisor %s lost an exit report for %s", self.name, role)
-
     # ------------------------------------------------------------------ internals
-
-    def _add_slot(self, spec: ChildSpec, give_up_after: int | None = None) -> Slot:
-        slot = Slot(spec, give_up_after)
-        self._slots[spec.role] = slot
-        self._order.append(spec.role)
-        return slot
-
-    def _remove_slot(self, role: str) -> None:
-        self._slots.pop(role, None)
-        if role in self._order:
-            self._order.remove(role)
-
-    async def _start_slot(self, slot: Slot) -> None:
-        """Start the slot's current factory; on start failure handle it as an exit."""
-        spec = slot.spec
-        factory = spec.fallback if (slot.fallback_active and spec.fallback) else spec.factory
-        slot.generation += 1
-        gen = slot.generation
-        slot.status = SlotStatus.STARTING
-        slot.run_since = None
-        slot.stop_requested = False
-        slot.start_error = None
-        slot.ready = trio.Event()
-        slot.done = trio.Event()
-        if slot.actor is not None or slot.ref is not None:
-            slot.handled_before = slot.handled()
-            slot.dropped_before = slot.dropped()
-        slot.actor = None
-        slot.ref = None
-        ctx = ActorContext(spec.role, gen, self, self.env)
-        slot.ctx = ctx
-        try:
-            made = factory(ctx)
-        except Exception as exc:  # noqa: BLE001 - a factory failure is a child failure
-            slot.status = SlotStatus.STOPPED
-            slot.done.set()
-            self._events_send.send_nowait(("exit", (spec.role, gen, exc)))
-            return
-        if isinstance(made, TrioActor):
-            slot.actor = made
-            made.attach(ctx)
-            # Shielded: cancelling the supervisor (its parent stopping it, or the
-            # root being cancelled) must not cancel every child at once; run()'s
-            # and on_start()'s cleanup then stops them one by one in reverse
-            # order, each within its shutdown bound, through this scope.
-            slot.cancel_scope = trio.CancelScope(shield=True)
-            self.nursery.start_soon(self._run_trio_child, made, spec.shutdown, slot.cancel_scope, slot.done)
-        elif isinstance(made, pykka.ActorRef):
-            slot.ref = made
-            slot.cancel_scope = None
-        else:
-            slot.status = SlotStatus.STOPPED
-            slot.done.set()
-            self._events_send.send_nowait(
-                ("exit", (spec.role, gen, TypeError(f"factory for {spec.role} returned {type(made).__name__}")))
-            )
-            return
-        with trio.move_on_after(spec.start_timeout) as timeout:
-            await slot.ready.wait()
-        if timeout.cancelled_caught and slot.start_error is None:
-            slot.start_error = TimeoutError(f"{spec.role} not ready within {spec.start_timeout}s")
-            await self._stop_incarnation(slot)
-            self._events_send.send_nowait(("exit", (spec.role, gen, slot.start_error)))
-            return
-        if slot.start_error is not None:
-            slot.status = SlotStatus.STOPPED
-            return  # the exit report is already queued
-        slot.status = SlotStatus.RUNNING
-        slot.started_at = trio.current_time()
-        slot.run_since = slot.started_at
-        # Flush what arrived while the slot had no running child, in order.
-        while slot.buffer and slot.status is SlotStatus.RUNNING:
-            msg = slot.buffer.popleft()
-            if slot.actor is not None:
-                slot.actor.deliver(msg)
-            elif slot.ref is not None:
-                try:
-                    slot.ref.tell(msg)
-                except pykka.ActorDeadError:
-                    slot.buffer.appendleft(msg)
-                    break
-
-    async def _run_trio_child(self, actor: TrioActor, shutdown: float, scope: trio.CancelScope, done: trio.Event) -> None:
-        try:
-            await actor.run_supervised(scope, shutdown)
-        finally:
-            done.set()
 
     async def _handle_exit(self, role: str, generation: int, error: BaseException | None) -> None:
         slot = self._slots.get(role)
@@ -524,19 +409,6 @@ class Supervisor(TrioActor):
             return list(self._order[i:])
         return list(self._order)
 
-    def _schedule(self, slot: Slot, delay: float, action: str) -> None:
-        gen = slot.generation
-        role = slot.spec.role
-
-        async def timer() -> None:
-            await trio.sleep(delay)
-            try:
-                self._events_send.send_nowait(("timer", (role, gen, action)))
-            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-                pass
-
-        self.nursery.start_soon(timer)
-
     async def _handle_timer(self, role: str, generation: int, action: str) -> None:
         slot = self._slots.get(role)
         if slot is None:
@@ -560,40 +432,6 @@ class Supervisor(TrioActor):
             if slot.status is SlotStatus.RUNNING and slot.policy.probe_held():
                 self._event(role, "restored")
                 log.warning("primary restored", extra={"supervisor": self.name, "role": role})
-
-    async def _stop_incarnation(self, slot: Slot) -> None:
-        """Stop the slot's running child within its shutdown bound."""
-        slot.stop_requested = True
-        if slot.actor is not None and slot.cancel_scope is not None:
-            slot.actor.begin_stop()  # no inline handling while it stops (e.g. in on_stop)
-            slot.cancel_scope.cancel()
-        elif slot.ref is not None:
-            try:
-                slot.ref.stop(block=False)
-            except pykka.ActorDeadError:
-                pass
-            except Exception:  # noqa: BLE001
-                log.debug("stop of %s failed", slot.spec.role, exc_info=True)
-        if slot.done is not None:
-            with trio.move_on_after(slot.spec.shutdown) as scope:
-                await slot.done.wait()
-            if scope.cancelled_caught and slot.spec.shutdown > 0:  # brutal_kill: not waited for, by request
-                self.abandoned += 1
-                log.error("child did not stop in time", extra={"supervisor": self.name, "role": slot.spec.role})
-        slot.handled_before = slot.handled()
-        slot.dropped_before = slot.dropped()
-        slot.actor = None
-        slot.ref = None
-        slot.ctx = None  # its count is in handled_before now
-        slot.status = SlotStatus.STOPPED
-
-    async def _stop_all(self) -> None:
-        for role in reversed(list(self._order)):
-            slot = self._slots.get(role)
-            if slot is not None and slot.status in (SlotStatus.RUNNING, SlotStatus.STARTING):
-                await self._stop_incarnation(slot)
-            elif slot is not None:
-                slot.status = SlotStatus.STOPPED
 
     def _auto_shutdown_due(self) -> bool:
         exited = self._significant_exited
