@@ -27,7 +27,7 @@ from engine.messages import (
     RecordTurn,
 )
 from engine.store import DurableWriter, InvalidRecord, Journal, Store, StoreUnavailable, open_store
-from engine.store.journal import decode_record, encode_record
+from engine.store.records import decode_record, encode_record
 from engine.store.sql import load_migrations
 from engine.store.sqlite import SqliteStore
 

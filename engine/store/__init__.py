@@ -19,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.store.base import Record, Store, StoreUnavailable
-from engine.store.journal import DurableWriter, InvalidRecord, Journal
+from engine.store.journal import DurableWriter, Journal
+from engine.store.records import InvalidRecord
 
 __all__ = [
     "Record",

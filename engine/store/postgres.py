@@ -46,7 +46,7 @@ from engine.messages import (
     RecordTurn,
 )
 from engine.store.base import Record, Store, StoreUnavailable
-from engine.store.journal import check_record
+from engine.store.records import check_record
 from engine.store.sql import (
     Sql,
     business_dict,
