@@ -39,290 +39,40 @@ incarnation's mailbox dies with it, so a crash would silently drop every
 queued message of the chat), and one process-wide sender (a slow or retrying
 send for one chat would delay every other chat's typing indicator).
 
-Threads: everything here runs on the trio thread, except ``_generate`` (the
-blocking planner ``reply`` + ``commit``), which runs on a worker thread under
-``runtime.llm_limiter``. A ``ChatSession``'s conversation is only touched by one
+Where it lives: this module is the router (``ChatRouter``); the chat's state
+is ``whatsapp_bridge.chat_session``, its planner ``chat_planner``, its sender
+``chat_sender``.
+
+Threads: everything here runs on the trio thread, except the planner's
+generation (the blocking planner ``reply`` + ``commit``), which runs on a
+worker thread under ``runtime.llm_limiter``. A ``ChatSession``'s conversation is only touched by one
 thread at a time: its planner's worker thread while generating.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import trio
 
-from engine.messages import (
-    CancelToken,
-    ChatInbound,
-    EndCall,
-    LeadCaptured,
-    RecordChatMessage,
-    RecordLead,
-    TextDelta,
-)
-from engine.store import StoreUnavailable
+from engine.messages import ChatInbound
 from engine.supervisor import Backoff, ChildSpec, Restart, Supervisor
-from whatsapp_bridge.retry_worker import MAX_ATTEMPTS, InFlight, RetryOnceWorker
-from whatsapp_bridge.senders import ChatChannel, SendFailed, split_text
+from whatsapp_bridge.chat_planner import ChatPlanner
+from whatsapp_bridge.chat_sender import ChatSender
+from whatsapp_bridge.chat_session import ChatSession
+from whatsapp_bridge.retry_worker import MAX_ATTEMPTS
+from whatsapp_bridge.senders import ChatChannel
 
+# The session, planner and sender (their own modules) are part of this module's
+# documented API, as is the retry bound they share.
 __all__ = ["ChatRouter", "ChatSession", "ChatPlanner", "ChatSender", "MAX_ATTEMPTS", "MAX_TREE_FAILURES"]
 
 log = logging.getLogger("callengine.whatsapp.chat")
 
 MAX_TREE_FAILURES = 3  # consecutive tree failures before a chat's waiting messages are given up
-INBOX_MAX = 1024
 RATE_WINDOW_S = 60.0
-_PUNCT = ".!?…:"
-
-
-# ---------------------------------------------------------------- private messages
-
-
-@dataclass(frozen=True, slots=True)
-class _Typing:
-    msg: ChatInbound
-    composing: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    msg: ChatInbound
-    text: str
-
-
-# ---------------------------------------------------------------- the chat's state
-
-
-class ChatSession:
-    """What one active chat owns across actor (and tree) incarnations.
-
-    Owned by the ``ChatRouter`` (trio thread). The planner and sender of the
-    chat's current tree read its inbox/outbox; ``conversation`` belongs to the
-    planner (None until restored from the store).
-    """
-
-    def __init__(self, chat_id: str, business_id: str) -> None:
-        self.chat_id = chat_id
-        self.business_id = business_id
-        self.inbox_send, self.inbox_recv = trio.open_memory_channel[ChatInbound](INBOX_MAX)
-        self.outbox_send, self.outbox_recv = trio.open_memory_channel[Any](INBOX_MAX * 3)
-        self.inflight: dict[str, ChatInbound] = {}  # delivered, not yet finished (ordered)
-        self.conversation: Any = None
-        self.planning = InFlight()  # the planner's message and attempt
-        self.sending = InFlight()  # the sender's item and attempt
-        self.tree: Supervisor | None = None
-        self.state = "idle"  # idle | running | stopping
-        self.answered = 0
-
-    @property
-    def role(self) -> str:
-        return f"chat:{self.chat_id}"
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "chat_id": self.chat_id,
-            "business": self.business_id,
-            "state": self.state,
-            "inflight": len(self.inflight),
-            "answered": self.answered,
-            "restored": self.conversation is not None,
-        }
-
-
-# ---------------------------------------------------------------- the planner
-
-
-def _generate(conv: Any, text: str, cancel: CancelToken) -> tuple[str, LeadCaptured | None, bool]:
-    """Worker thread: stream the reply, join it, commit the turn. Never on the trio thread."""
-    pieces: list[str] = []
-    lead: LeadCaptured | None = None
-    ended = False
-    for ev in conv.reply(text, cancel=cancel):
-        if cancel.cancelled:
-            break
-        if isinstance(ev, TextDelta):
-            piece = ev.text
-            if pieces and piece and not piece[0].isspace() and pieces[-1].rstrip()[-1:] in _PUNCT:
-                piece = " " + piece  # planners that yield whole sentences omit the space
-            pieces.append(piece)
-        elif isinstance(ev, LeadCaptured):
-            lead = ev  # cumulative: the last one holds every field
-        elif isinstance(ev, EndCall):
-            ended = True
-    reply = "".join(pieces).strip()
-    if not cancel.cancelled:
-        conv.commit(text, reply)
-    return reply, lead, ended
-
-
-class ChatPlanner(RetryOnceWorker):
-    """Answers a chat's messages one at a time (trio task; generation on a worker thread).
-
-    Retries, once, the message its predecessor was handling when it crashed
-    (``RetryOnceWorker``), then reads the chat's inbox. Idle for
-    ``router.idle_s``: asks the router to passivate the tree.
-    """
-
-    def __init__(self, session: ChatSession, router: "ChatRouter") -> None:
-        super().__init__(session.planning)
-        self.session = session
-        self.router = router
-
-    def given_up(self, item: Any) -> None:
-        self.router.abandon(self.session, item, "planner")
-
-    async def next_item(self) -> ChatInbound:
-        recv = self.session.inbox_recv
-        while True:
-            with trio.move_on_after(self.router.idle_s):
-                return await recv.receive()
-            if self.router.try_passivate(self.session):
-                await trio.sleep_forever()  # chats stops the tree, and us with it
-
-    async def handle(self, msg: ChatInbound) -> None:
-        session = self.session
-        runtime = self.router.runtime
-        session.outbox_send.send_nowait(_Typing(msg, True))  # before anything slow
-        if session.conversation is None:
-            session.conversation = await self._restore(msg)
-        cancel = CancelToken()
-        conv = session.conversation
-        done = False
-        try:
-            text, lead, ended = await trio.to_thread.run_sync(
-                _generate, conv, msg.text, cancel, limiter=runtime.llm_limiter, abandon_on_cancel=True
-            )
-            done = True
-        finally:
-            if not done:
-                cancel.cancel("chat tree stopping")
-                if session.conversation is conv:
-                    session.conversation = None  # an abandoned thread may still hold it
-        if lead is not None:
-            runtime.record(
-                RecordLead(
-                    business_id=msg.business_id,
-                    source="whatsapp",
-                    ref=msg.chat_id,
-                    fields=dict(lead.fields),
-                    complete=lead.complete,
-                )
-            )
-        if ended:
-            runtime.metrics.count("whatsapp_conversation_ended")
-        session.outbox_send.send_nowait(_Reply(msg, text))
-
-    async def _restore(self, msg: ChatInbound) -> Any:
-        """History from the store, minus the messages still in flight, into a new conversation."""
-        runtime = self.router.runtime
-        session = self.session
-        turns = max(0, self.router.history_turns)
-        rows: list[dict[str, Any]] = []
-        if turns:
-            try:
-                rows = await runtime.read_store(
-                    runtime.store.chat_history, session.chat_id, 2 * turns + len(session.inflight)
-                )
-            except StoreUnavailable:
-                runtime.metrics.count("whatsapp_history_unavailable")
-        pairs = [
-            ("user" if row["direction"] == "in" else "assistant", row["text"])
-            for row in rows
-            if row["message_id"] not in session.inflight and row["text"]
-        ][-2 * turns :] if turns else []
-        business = runtime.businesses.get(msg.business_id) or runtime.default_business()
-        planner = runtime.planner
-        conv = await trio.to_thread.run_sync(
-            lambda: planner.open_conversation(business, channel="chat", history=pairs),
-            limiter=runtime.llm_limiter,
-        )
-        if rows:
-            runtime.metrics.count("whatsapp_history_restored")
-        return conv
-
-
-# ---------------------------------------------------------------- the sender
-
-
-class ChatSender(RetryOnceWorker):
-    """Posts a chat's typing indicators and replies, strictly in the order queued (trio task).
-
-    After each reply: the ``paused`` indicator, the outbound record (through the
-    recorder), and ``router.finished``. A send that fails for good is counted
-    (``whatsapp_reply_failed``) and logged; a failed typing indicator is counted
-    only. Retries the item its predecessor crashed on, once (``RetryOnceWorker``).
-    """
-
-    def __init__(self, session: ChatSession, router: "ChatRouter") -> None:
-        super().__init__(session.sending)
-        self.session = session
-        self.router = router
-
-    def given_up(self, item: Any) -> None:
-        if isinstance(item, _Reply):
-            self.router.abandon(self.session, item.msg, "sender")
-
-    async def next_item(self) -> Any:
-        return await self.session.outbox_recv.receive()
-
-    async def handle(self, item: Any) -> None:
-        if isinstance(item, _Typing):
-            await self._typing(item.msg, item.composing)
-        elif isinstance(item, _Reply):
-            await self._reply(item.msg, item.text)
-
-    async def _typing(self, msg: ChatInbound, composing: bool) -> None:
-        metrics = self.router.runtime.metrics
-        channel = self.router.channel(msg.channel)
-        if channel is None:
-            return
-        try:
-            await channel.typing(msg, composing)
-        except SendFailed as exc:
-            metrics.count("whatsapp_typing_failed")
-            log.debug("typing failed", extra={"chat_id": msg.chat_id, "error": str(exc)})
-            return
-        if composing:
-            metrics.observe("whatsapp_typing", (time.time() - msg.received_at) * 1000.0)
-
-    async def _reply(self, msg: ChatInbound, text: str) -> None:
-        runtime = self.router.runtime
-        metrics = runtime.metrics
-        channel = self.router.channel(msg.channel)
-        if channel is None:
-            metrics.count("whatsapp_reply_failed")
-            log.warning("no channel to reply on", extra={"chat_id": msg.chat_id, "channel": msg.channel})
-        elif text:
-            for k, part in enumerate(split_text(text, channel.max_text_chars)):
-                try:
-                    out_id = await channel.send_text(msg, part)
-                except SendFailed as exc:
-                    metrics.count("whatsapp_reply_failed")
-                    log.warning(
-                        "reply not delivered",
-                        extra={"chat_id": msg.chat_id, "message_id": msg.message_id, "error": str(exc)},
-                    )
-                    break
-                metrics.whatsapp.labels("out", channel.name).inc()
-                runtime.record(
-                    RecordChatMessage(
-                        chat_id=msg.chat_id,
-                        business_id=msg.business_id,
-                        message_id=out_id or f"{msg.message_id}:reply:{k}",
-                        direction="out",
-                        text=part,
-                        at=time.time(),
-                    )
-                )
-            else:
-                metrics.observe("whatsapp_reply", (time.time() - msg.received_at) * 1000.0)
-        if channel is not None:
-            await self._typing(msg, False)
-        self.router.finished(self.session, msg)
 
 
 # ---------------------------------------------------------------- the router
