@@ -9,7 +9,8 @@ import pytest
 
 from engine.audio import frames, resample_pcm16, strip_wav_header, ulaw_decode, ulaw_encode
 from engine.messages import SpeechEnded, SpeechStarted
-from engine.vad import SileroSession, VoiceActivityDetector
+from engine.silero import SileroSession
+from engine.vad import VoiceActivityDetector
 
 RATE = 8000
 FRAME = 160  # samples, 20 ms
