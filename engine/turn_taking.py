@@ -63,7 +63,6 @@ Rules (the numbers are ``TurnSettings``, from ``[turn]`` in config/default.toml)
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 from engine.messages import (
@@ -77,7 +76,23 @@ from engine.messages import (
     SpeechStarted,
     Transcript,
 )
+from engine.turn_decisions import (
+    AmendTranscript,
+    CallerTurn,
+    CancelReply,
+    Decision,
+    DropSpeculation,
+    KeepSpeculation,
+    Speculate,
+    StartReply,
+    StopPlayback,
+    Tick,
+    TurnSettings,
+)
+from engine.turn_words import looks_unfinished, normalize
 
+# The vocabulary (``engine.turn_decisions``) and the word rules
+# (``engine.turn_words``) are part of this module's documented API.
 __all__ = [
     "TurnSettings",
     "CallerTurn",
@@ -93,157 +108,6 @@ __all__ = [
     "normalize",
     "looks_unfinished",
 ]
-
-_WORDS = re.compile(r"[\w']+", re.UNICODE)
-
-#: Last words after which a caller has rarely finished: fillers, conjunctions,
-#: articles and prepositions (English and Hebrew).
-_OPEN_ENDINGS = frozenset(
-    "uh um uhm er erm ah eh hmm mm mhm and or but so because like the a an to of for with "
-    "is my your our at in on from than then "
-    "אה אמ אממ אז ו או אבל כי של עם את".split()
-)
-_NUMBER_WORDS = frozenset(
-    "zero oh o one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred "
-    "thousand double triple "
-    "אפס אחת אחד שתיים שניים שלוש ארבע חמש שש שבע שמונה תשע".split()
-)
-
-
-def normalize(text: str) -> str:
-    """Lower case words only: how two transcripts are compared."""
-    return " ".join(_WORDS.findall(text.lower()))
-
-
-def looks_unfinished(text: str) -> bool:
-    """Whether the caller probably has more to say after ``text``: it ends in a
-    digit or number word (a number read in groups; recognizers add a full stop
-    after each group, so a trailing '.' does not count as finished), a filler, a
-    conjunction, article or preposition, or a comma/dash/ellipsis. A question or
-    exclamation mark counts as finished."""
-    t = text.rstrip()
-    if not t:
-        return False
-    if t[-1] in "?!":
-        return False
-    if t[-1] in ",-–—…" or t.endswith(".."):
-        return True
-    words = _WORDS.findall(t.lower())
-    if not words:
-        return False
-    last = words[-1]
-    return last[-1].isdigit() or last in _NUMBER_WORDS or last in _OPEN_ENDINGS
-
-
-@dataclasses.dataclass
-class TurnSettings:
-    early_finalize: bool = True
-    early_punct_min_chars: int = 12
-    early_stable_min_chars: int = 18
-    stable_ms: int = 250
-    speculative: bool = True
-    speculative_min_chars: int = 14
-    final_timeout_ms: int = 1500
-    batch_final_timeout_ms: int = 6000  # recognizers without partials (whisper)
-    resume_window_ms: int = 300  # caller speech this soon after a reply's first frame (too soon to be an answer to it) continues the turn
-    unfinished_hold_ms: int = 700  # silence (from the speech's end) an unfinished-looking turn waits for
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Tick:
-    """Time passed (the planner's 50 ms ticker while a turn is open)."""
-
-
-@dataclasses.dataclass
-class CallerTurn:
-    """What the caller said in one turn, and when (``now`` times, except
-    ``speech_start``/``speech_end``, which are the decoder's audio times)."""
-
-    speech_start: float
-    speech_end: float | None = None
-    speech_end_seen: float | None = None  # when the SpeechEnded was handled
-    finals: list[str] = dataclasses.field(default_factory=list)
-    partial: str = ""
-    partial_changed_at: float = 0.0
-    first_partial: float | None = None
-    last_final: float | None = None  # when the latest final was handled
-    last_final_seen: float = -1.0
-    last_end_seq: int = 0  # the seq of the latest stretch's end (batch recognizers' finals name it)
-    final_upto: int = 0  # the latest stretch end a final said it transcribes
-    last_start_seen: float = 0.0  # when the latest stretch's start was handled
-    dtmf: str = ""
-    stretches: int = 0  # stretches of the caller's speech in this turn
-    resumed: int = 0  # times the caller went on after the turn had ended
-
-    def text(self, with_partial: bool = True) -> str:
-        parts = list(self.finals)
-        if with_partial and self.partial:
-            parts.append(self.partial)
-        return " ".join(p.strip() for p in parts if p.strip())
-
-
-# ---------------------------------------------------------------- decisions
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StartReply:
-    """The turn ended: generate the reply to ``text`` as turn ``turn_id``."""
-
-    turn_id: int
-    text: str
-    turn: CallerTurn
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Speculate:
-    """Start a reply to ``text`` with its output held back (``key`` names it)."""
-
-    key: int
-    text: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class KeepSpeculation:
-    """The turn ended with the speculated words: release it as turn ``turn_id``."""
-
-    key: int
-    turn_id: int
-    text: str
-    turn: CallerTurn
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class DropSpeculation:
-    key: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CancelReply:
-    """Cancel turn ``turn_id``'s reply and forget it (no record: it was not
-    heard, and its turn goes on or is answered again)."""
-
-    turn_id: int
-    reason: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StopPlayback:
-    """Stop the agent's audio now (the pacer reports what it cleared)."""
-
-    t: float
-    reason: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AmendTranscript:
-    """Turn ``turn_id``'s reply was heard; its record keeps all the caller said."""
-
-    turn_id: int
-    text: str
-
-
-Decision = Any
 
 
 @dataclasses.dataclass
