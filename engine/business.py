@@ -77,13 +77,13 @@ class Business:
     def prompt(self, key: str, lang: str | None = None, default: str = "") -> str:
         return self.prompts.get(lang or self.lang, {}).get(key, default)
 
-    def fixed_lines(self, lang: str | None = None) -> list[str]:
-        """What the business says word for word in ``lang`` (default: its language):
-        the FAQ answers and the prompts without a ``{field}`` to fill."""
+    def spoken_lines(self, lang: str | None = None) -> list[str]:
+        """What the business says in ``lang`` (default: its language) besides the
+        greeting: the FAQ answers, then the prompts (templates: a ``{field}`` in one
+        is filled on the call)."""
         lang = lang or self.lang
         lines = [entry.answers[lang] for entry in self.faq if entry.answers.get(lang)]
-        lines += [text for text in self.prompts.get(lang, {}).values() if "{" not in text]
-        return lines
+        return lines + list(self.prompts.get(lang, {}).values())
 
 
 def _req(data: Mapping[str, Any], key: str, typ: type | tuple[type, ...], src: str) -> Any:

@@ -179,7 +179,8 @@ class Runtime:
             self._closings[biz.id] = self._synth(closing, biz)
 
     def start_warming_lines(self) -> None:
-        """Speak every business's fixed lines (``Business.fixed_lines``) once, on a
+        """Speak every business's fixed sentences once (those of ``Business.spoken_lines``
+        with no ``{field}`` to fill), on a
         background thread at low CPU priority, sentence by sentence as the planner
         hands them to the TTS actor: the voice caches each sentence's audio, so the
         rule planner's replies (and an LLM's quoting them) start playing at once
@@ -192,8 +193,10 @@ class Runtime:
             for lang in sorted({biz.lang, *biz.prompts.keys()}):
                 if speaks is not None and not speaks(lang):
                     continue  # the voice's fallback speaks it, and caches nothing
-                for line in biz.fixed_lines(lang):
-                    jobs += [(s.strip(), lang, biz.voice) for s in SENTENCE_SPLIT.split(line.strip()) if s.strip()]
+                for line in biz.spoken_lines(lang):
+                    for sentence in SENTENCE_SPLIT.split(line.strip()):
+                        if sentence.strip() and "{" not in sentence:
+                            jobs.append((sentence.strip(), lang, biz.voice))
         if not jobs:
             return
 

@@ -23,13 +23,16 @@ def _runtime(tmp_path: Path, warm: bool) -> Runtime:
     return Runtime.create(settings, call_tree=lambda *a: None)  # no call is placed here
 
 
-def test_fixed_lines_are_faq_answers_and_prompts_without_a_field() -> None:
+def _fixed_sentences(lines: list[str]) -> list[str]:
+    return [s for line in lines for s in SENTENCE_SPLIT.split(line) if s.strip() and "{" not in s]
+
+
+def test_spoken_lines_are_the_faq_answers_and_the_prompts() -> None:
     demo = load_businesses(Path(__file__).resolve().parent.parent / "config" / "businesses")["demo"]
-    lines = demo.fixed_lines()
+    lines = demo.spoken_lines()
     assert demo.faq[0].answers["en"] in lines
-    assert all("{" not in line for line in lines)
-    templated = [t for t in demo.prompts["en"].values() if "{" in t]
-    assert templated and not set(templated) & set(lines)
+    assert set(demo.prompts["en"].values()) <= set(lines)
+    assert demo.spoken_lines("he") != lines and demo.faq[0].answers["he"] in demo.spoken_lines("he")
 
 
 def test_start_up_speaks_every_fixed_sentence_into_the_cache(tmp_path: Path) -> None:
@@ -41,7 +44,8 @@ def test_start_up_speaks_every_fixed_sentence_into_the_cache(tmp_path: Path) -> 
         voice = rt.tts.inner
         warmed = voice.cache_stats()
         demo = rt.businesses["demo"]
-        sentences = [s for line in demo.fixed_lines() for s in SENTENCE_SPLIT.split(line) if s.strip()]
+        sentences = _fixed_sentences(demo.spoken_lines())
+        assert any("{" in t for t in demo.prompts["en"].values())  # templates' other sentences count too
         assert warmed["pieces"] >= len(set(sentences))
         for sentence in sentences:  # what the TTS actor is handed for these lines
             b"".join(rt.tts.synthesize(sentence, language="en-US"))
