@@ -374,7 +374,7 @@ def register_admin(app: Any, settings: Settings, get_runtime: Callable[[], Any])
     async def admin_chat(chat_id: str) -> Any:
         limit = int_arg("limit", default=500, maximum=5000)
         store = get_runtime().store
-        rows, messages = await read(
+        rows, messages, procs = await read(
             lambda: (
                 store.query(
                     "SELECT c.chat_id, c.business_id, c.last_at,"
@@ -383,13 +383,15 @@ def register_admin(app: Any, settings: Settings, get_runtime: Callable[[], Any])
                     chat_id,
                 ),
                 store.chat_history(chat_id, limit),
+                state["reader"].alive(),
             )
         )
         if not rows:
             return jsonify({"error": f"no chat {chat_id}"}), 404
+        live_ids = {s.get("chat_id") for p in procs for s in p["state"].get("chats", [])}
         return jsonify(
             {
-                "chat": view.chat_entry(rows[0]),
+                "chat": view.chat_entry(rows[0], live_ids),
                 "messages": [
                     {"direction": m["direction"], "text": m["text"], "at": m["at"], "message_id": m["message_id"]}
                     for m in messages

@@ -483,6 +483,27 @@ async def test_idle_chat_passivates_and_restores_history(tmp_path: Path) -> None
         assert leads[0]["source"] == "whatsapp" and leads[0]["fields"]["name"] == "Dana"
 
 
+async def test_admin_lists_and_shows_a_live_chat_as_live(tmp_path: Path) -> None:
+    async with running_host(tmp_path, env={"CALLENGINE_ADMIN_HEARTBEAT_S": "0.2"}) as h:
+        chat = "972505556666@s.whatsapp.net"
+        await h.say(chat, "l1", "what are your opening hours")
+        assert await h.replies(chat, 1) == [HOURS]
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        with trio.fail_after(10):
+            while True:  # the process publishes its live chats every heartbeat
+                listed = (await h.client.get(f"{h.url}/admin/chats", headers=auth)).json()["chats"]
+                if any(c["chat_id"] == chat and c["live"] for c in listed):
+                    break
+                await trio.sleep(0.1)
+        detail = await h.client.get(f"{h.url}/admin/chats/{chat}", headers=auth)
+        assert detail.status_code == 200
+        body = detail.json()
+        assert body["chat"]["chat_id"] == chat and body["chat"]["live"] is True
+        assert [m["text"] for m in body["messages"]][-2:] == ["what are your opening hours", HOURS]
+        missing = await h.client.get(f"{h.url}/admin/chats/972500000000@s.whatsapp.net", headers=auth)
+        assert missing.status_code == 404
+
+
 class _FlakyConversation:
     def __init__(self, inner: Any, crashed: set[str]) -> None:
         self._inner = inner
