@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token"
 TWILIO_TOKEN = "test-twilio-auth-token"
 
-__all__ = ["HostProcess", "host", "free_port", "start_host"]
+__all__ = ["HostProcess", "host", "free_port", "start_host", "start_hosts"]
 
 
 def free_port() -> int:
@@ -80,6 +80,24 @@ class HostProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_healthy(self, timeout: float = 120) -> None:
+        """Return once ``/healthz`` answers 200; stop the host and raise (with its log) if
+        it exits first or is not healthy within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"host exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                status, _ = self.get("/healthz", admin=False, timeout=2)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"host did not become healthy:\n{self.log()}")
+            time.sleep(0.1)
+
     def stop(self, timeout: float = 20) -> int:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -106,6 +124,12 @@ def start_host(tmp: Path, extra_env: dict[str, str] | None = None, *, args: list
             # mishears ("0 5 4 1 2 3 4 5 6 7" -> "0.4123456") while tiny.en gets them;
             # base is tested on recorded speech (tests/test_whisper_stt.py, callengine eval).
             "CALLENGINE_WHISPER_MODEL": "tiny.en",
+            # A stub-TTS host pre-synthesizes every business's greeting, apology and
+            # closing line at start-up, at the stub's pace: 0.2 s per second of audio
+            # (the default) made every stub host start ~5.5 s later. 0.02 keeps the
+            # stub's audio streaming in timed chunks, ten times faster; a test may set
+            # its own pace in extra_env.
+            "CALLENGINE_STUB_TTS_RTF": "0.02",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -121,21 +145,25 @@ def start_host(tmp: Path, extra_env: dict[str, str] | None = None, *, args: list
     )
     host = HostProcess(proc, port, data, log_path)
     if wait:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"host exited with {proc.returncode}:\n{host.log()}")
-            try:
-                status, _ = host.get("/healthz", admin=False, timeout=2)
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                host.stop()
-                raise RuntimeError(f"host did not become healthy:\n{host.log()}")
-            time.sleep(0.25)
+        host.wait_healthy(timeout)
     return host
+
+
+def start_hosts(specs: list[tuple[Path, dict[str, str] | None]], timeout: float = 120) -> list[HostProcess]:
+    """Hosts started side by side (``start_host`` for each ``(tmp, extra_env)``), returned
+    once all are healthy: their start-ups overlap instead of adding up. If one fails,
+    every one is stopped."""
+    hosts: list[HostProcess] = []
+    try:
+        for tmp, extra_env in specs:
+            hosts.append(start_host(tmp, extra_env, wait=False))
+        for h in hosts:
+            h.wait_healthy(timeout)
+    except BaseException:
+        for h in hosts:
+            h.stop()
+        raise
+    return hosts
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ import trio
 
 from engine import admin_view as view
 from engine.presence import Presence
-from tests.conftest_host import ADMIN_TOKEN, TWILIO_TOKEN, HostProcess, start_host
+from tests.conftest_host import ADMIN_TOKEN, TWILIO_TOKEN, HostProcess, start_host, start_hosts
 from callsim import Pause, Say, SimulatedCaller, WaitForReply
 
 STUBS = {"CALLENGINE_STT": "stub", "CALLENGINE_TTS": "stub", "CALLENGINE_LLM": "stub"}
@@ -238,8 +238,7 @@ def two_hosts(tmp_path: Path) -> Any:
     shared = {**STUBS, "CALLENGINE_DATA_DIR": str(tmp_path / "var")}
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    a = start_host(tmp_path / "a", shared)
-    b = start_host(tmp_path / "b", shared)
+    a, b = start_hosts([(tmp_path / "a", shared), (tmp_path / "b", shared)])
     try:
         yield a, b
     finally:

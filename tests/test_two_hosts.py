@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import pytest
 import trio
 
-from tests.conftest_host import ADMIN_TOKEN, ROOT, TWILIO_TOKEN, HostProcess, free_port, start_host
+from tests.conftest_host import ADMIN_TOKEN, ROOT, TWILIO_TOKEN, HostProcess, free_port, start_hosts
 from callsim import Pause, Say, SimulatedCaller, WaitForReply
 
 STUBS = {"CALLENGINE_STT": "stub", "CALLENGINE_TTS": "stub", "CALLENGINE_LLM": "stub"}
@@ -42,7 +42,7 @@ def proxy(tmp_path: Path, pg_server: Any) -> Iterator[tuple[str, HostProcess, Ho
     try:
         for name in ("a", "b"):
             (tmp_path / name).mkdir()
-            hosts.append(start_host(tmp_path / name, {**STUBS, "DATABASE_URL": dsn}))
+        hosts += start_hosts([(tmp_path / name, {**STUBS, "DATABASE_URL": dsn}) for name in ("a", "b")])
         port = free_port()
         conf = CONF.read_text()
         for old, new in (("127.0.0.1:8081", f"127.0.0.1:{hosts[0].port}"), ("127.0.0.1:8082", f"127.0.0.1:{hosts[1].port}"),
