@@ -30,7 +30,7 @@ from trio_websocket import open_websocket_url
 from bench.eval_data import DataError, default_data_dir
 from callsim.voice import synthesize_line
 from engine.audio import ulaw_decode, ulaw_encode
-from tests.conftest_host import TWILIO_TOKEN, HostProcess, host  # noqa: F401
+from tests.conftest_host import TWILIO_TOKEN, HostProcess
 from callsim import BargeIn, Pause, PressKey, Say, SimulatedCaller, WaitForReply
 from transports.signature import compute
 from transports.twilio import CallerSideStream

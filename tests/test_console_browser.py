@@ -31,7 +31,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest_host import ADMIN_TOKEN, TWILIO_TOKEN, HostProcess, host  # noqa: F401
+from tests.conftest_host import ADMIN_TOKEN, TWILIO_TOKEN, HostProcess
 
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' brings playwright")
 expect = playwright.expect

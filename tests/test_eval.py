@@ -16,7 +16,7 @@ import pytest
 
 from bench.eval_data import SMOKE, DataError, check_data, default_data_dir, load_clips
 from bench.eval_score import align, attribute_turns, normalise, score_pair
-from tests.conftest_host import ADMIN_TOKEN, TWILIO_TOKEN, HostProcess, host  # noqa: F401
+from tests.conftest_host import ADMIN_TOKEN, TWILIO_TOKEN, HostProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,7 +125,7 @@ def test_every_clip_decodes_to_telephone_audio_with_a_reference() -> None:
 # ------------------------------------------------------------------ through the real host
 
 
-async def test_recorded_speech_through_the_host_loses_no_utterance_and_no_onset(host: HostProcess) -> None:  # noqa: F811
+async def test_recorded_speech_through_the_host_loses_no_utterance_and_no_onset(host: HostProcess) -> None:
     from bench.eval import EvalOptions, run_eval
 
     opts = EvalOptions(

@@ -16,7 +16,7 @@ import trio
 from trio_websocket import HandshakeError, open_websocket_url
 
 from engine.testcall import TICKET_TTL_S, issue, verify
-from tests.conftest_host import ADMIN_TOKEN, HostProcess, host  # noqa: F401
+from tests.conftest_host import ADMIN_TOKEN, HostProcess
 from callsim import new_call_sid, new_stream_sid
 from transports.twilio import CallerSideStream
 
