@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.conftest_host import ADMIN_TOKEN, ROOT, TWILIO_TOKEN, HostProcess, host, start_host  # noqa: F401
+from tests.conftest_host import ADMIN_TOKEN, ROOT, TWILIO_TOKEN, HostProcess, start_host  # noqa: F401
 
 CLI = str(Path(sys.executable).parent / "callengine")
 
@@ -195,10 +195,14 @@ async def test_a_caller_that_stops_reading_is_hung_up_on_and_no_other_call_is_to
 
         await send(proto.connected())
         await send(proto.start({"from": "+1555"}))
-        other = SimulatedCaller(h.ws, [Pause(seconds=WRITE_TIMEOUT_S + 15)], auth_token=TWILIO_TOKEN,
+        # The other call spans the stall: the stalled call ends ~7 s in (its socket
+        # buffers fill, then the send timeout), the other after its greeting and
+        # this pause; it is asserted to be live still when the stalled call ends.
+        other = SimulatedCaller(h.ws, [Pause(seconds=WRITE_TIMEOUT_S + 8)], auth_token=TWILIO_TOKEN,
                                 keep_audio=False)
         results = []
         ended_after = None
+        other_live_when_ended = False
         async with trio.open_nursery() as nursery:
 
             async def run_other() -> None:
@@ -213,10 +217,12 @@ async def test_a_caller_that_stops_reading_is_hung_up_on_and_no_other_call_is_to
                     _, call = await trio.to_thread.run_sync(lambda: h.get(f"/admin/calls/{proto.call_sid}"))
                     if call.get("state") == "ended":
                         ended_after = time.monotonic() - t0
+                        other_live_when_ended = not results
                         break
         sock.close()
         assert ended_after is not None, "the stalled call never ended"
         assert reset, "the server never closed the stalled connection"
+        assert other_live_when_ended, f"the other call ended before the stalled one ({ended_after:.1f} s)"
         assert results and results[0].ok and results[0].underruns == 0 and not results[0].closed_by_server
         _, metrics = await trio.to_thread.run_sync(lambda: h.get("/metrics", admin=False))
         assert 'callengine_events_total{event="media_send_timeout"} 1.0' in metrics
