@@ -464,7 +464,14 @@ async def test_sigkill_leaves_no_call_live_after_a_restart(tmp_path: Path) -> No
             record = await trio.to_thread.run_sync(stored_call, second, c.result.call_sid)
             assert record is not None and record["end_reason"] == "lost", record
             assert record["started_at"] <= record["ended_at"] <= killed_at, (record, killed_at)
-            status, view = await trio.to_thread.run_sync(lambda: second.get(f"/admin/calls/{c.result.call_sid}"))
+            # The killed process's presence lists the call live until it has been
+            # silent for [admin] dead_after_s (5 s), which a quick restart beats.
+            with trio.move_on_after(10):
+                while True:
+                    status, view = await trio.to_thread.run_sync(lambda: second.get(f"/admin/calls/{c.result.call_sid}"))
+                    if status != 200 or view["state"] != "live":
+                        break
+                    await trio.sleep(0.2)
             assert status == 200 and view["state"] == "lost", view
         assert (await trio.to_thread.run_sync(stored_call, second, done.call_sid))["end_reason"] == "ended"
         assert restart_s < 60
