@@ -173,6 +173,40 @@ def test_the_final_reuses_a_pass_that_heard_all_the_speech(stt, fresh_gate):
     assert waited < 0.5, f"the reused final took {waited:.2f} s"
 
 
+def test_a_starved_pass_does_not_hold_up_the_final(stt, fresh_gate, monkeypatch):
+    """The pass that would become the final is stuck (as a niced pass starved of the
+    CPU is): the final is decoded on its own, and the stuck pass reports nothing."""
+    started_second, release = threading.Event(), threading.Event()
+    calls = {"partial": 0}
+    real = stt._recognize
+
+    def recognize(pcm16, rate, language, *, partial=False):
+        if partial:
+            calls["partial"] += 1
+            if calls["partial"] >= 2:
+                started_second.set()
+                release.wait(30)
+        return real(pcm16, rate, language, partial=partial)
+
+    monkeypatch.setattr(stt, "_recognize", recognize)
+    got = Collector()
+    session = got.session(stt)
+    push(session, prompt("agent-pass"))  # the first pass runs at 1.2 s of audio
+    got.wait_partials(1)
+    session.push_audio(bytes(CHUNK))  # the hangover's first quiet batch: a pass over all the speech
+    assert started_second.wait(30)
+    session.push_audio(bytes(CHUNK))
+    session.end_utterance()
+    finals_before_release = list(got.finals)
+    release.set()
+    time.sleep(0.5)  # let the stuck pass finish: it must not report after the final
+    session.close()
+    assert session.finals_reused == 0
+    assert len(finals_before_release) == 1
+    assert {"password", "pound", "key"} <= words(finals_before_release[0].text)
+    assert got.transcripts[-1].is_final and len(got.partials) == 1
+
+
 def test_silence_and_line_noise_give_no_transcript(stt):
     got = Collector()
     session = got.session(stt)

@@ -27,8 +27,11 @@ has two passes in flight.
 The final: ``end_utterance`` decodes the whole utterance on the calling thread
 (the STT actor's), with priority. When the latest partial pass already covered
 all of it except a quiet tail (the VAD's hangover), its text is the final, taken
-at once or when that pass ends, with no second decode: whisper decodes a
-window whatever the length of audio in it, so one pass costs as much as another.
+at once or when that pass ends (within ``REUSE_WAIT_S``), with no second decode:
+whisper decodes a window whatever the length of audio in it, so one pass costs as
+much as another. A pass still running after ``REUSE_WAIT_S`` has been starved of
+the CPU (its threads run niced, and other calls' finals come first): the final is
+then decoded at full priority rather than wait behind it.
 A partial is never reported after its utterance's final (one lock orders them).
 
 The window (``engine.providers.whisper_window``): an utterance of up to 7 s is
@@ -102,6 +105,8 @@ QUIET_RATIO = 0.15
 REUSE_MAX_TAIL_S = 0.6
 #: ... and no 20 ms frame of it louder than this fraction of the loudest batch.
 REUSE_TAIL_RATIO = 0.1
+#: The final waits this long for the pass it reuses; past it, it decodes itself.
+REUSE_WAIT_S = 0.3
 #: A pause-triggered pass needs at least this much audio since the last one began.
 MIN_PAUSE_PASS_S = 0.3
 #: Niceness added to the partial model's threads (CFS gives a nice-0 thread about
@@ -423,8 +428,7 @@ class WhisperSession:
             self._pass = None
             self._partial_text = ""
         text: str | None = None
-        if reuse is not None:
-            reuse.done.wait()
+        if reuse is not None and reuse.done.wait(REUSE_WAIT_S):
             text = reuse.text
         if text is None:
             try:
