@@ -89,7 +89,7 @@ def _admin(base: str, path: str) -> Any:
 async def test_calls_spread_over_two_hosts_and_either_host_lists_them_all(proxy: Any) -> None:
     front, a, b = proxy
     callers = [
-        SimulatedCaller(f"ws://{front}/twilio/media", [Say("I need a plumber"), WaitForReply(timeout=15), Pause(4.0)],
+        SimulatedCaller(f"ws://{front}/twilio/media", [Say("I need a plumber"), WaitForReply(timeout=15), Pause(1.0)],
                         auth_token=TWILIO_TOKEN, keep_audio=False, custom_parameters={"from": f"+1555000000{i}"})
         for i in range(CALLS)
     ]
