@@ -153,7 +153,16 @@ def test_partials_arrive_while_the_caller_speaks_and_never_after_the_final(stt, 
     assert {"unavailable", "pound", "key"} <= words(got.finals[0].text), got.finals[0].text
 
 
-def test_the_final_reuses_a_pass_that_heard_all_the_speech(stt, fresh_gate):
+def test_the_final_reuses_a_pass_that_heard_all_the_speech(stt, fresh_gate, monkeypatch):
+    niced: list[bool] = []
+    real = stt._recognize
+
+    def recognize(pcm16, rate, language, *, partial=False, **kw):
+        if partial:
+            niced.append(kw.get("niced", True))
+        return real(pcm16, rate, language, partial=partial, **kw)
+
+    monkeypatch.setattr(stt, "_recognize", recognize)
     speech = prompt("agent-pass")
     got = Collector()
     session = got.session(stt)
@@ -171,36 +180,40 @@ def test_the_final_reuses_a_pass_that_heard_all_the_speech(stt, fresh_gate):
     assert got.finals[0].text == got.partials[-1].text
     assert {"password", "pound", "key"} <= words(got.finals[0].text)
     assert waited < 0.5, f"the reused final took {waited:.2f} s"
+    assert niced == [True, False]  # the interval pass niced, the pass at the pause at the finals' priority
 
 
-def test_a_starved_pass_does_not_hold_up_the_final(stt, fresh_gate, monkeypatch):
-    """The pass that would become the final is stuck (as a niced pass starved of the
+def test_a_starved_interval_pass_does_not_hold_up_the_final(stt, fresh_gate, monkeypatch):
+    """An interval pass that heard everything is stuck (as a niced pass starved of the
     CPU is): the final is decoded on its own, and the stuck pass reports nothing."""
     started_second, release = threading.Event(), threading.Event()
-    calls = {"partial": 0}
+    calls: list[bool] = []
     real = stt._recognize
 
-    def recognize(pcm16, rate, language, *, partial=False):
+    def recognize(pcm16, rate, language, *, partial=False, niced=True):
         if partial:
-            calls["partial"] += 1
-            if calls["partial"] >= 2:
+            calls.append(niced)
+            if len(calls) >= 2:
                 started_second.set()
                 release.wait(30)
-        return real(pcm16, rate, language, partial=partial)
+        return real(pcm16, rate, language, partial=partial, niced=niced)
 
     monkeypatch.setattr(stt, "_recognize", recognize)
+    speech = prompt("agent-pass")
+    chunks = [speech[i : i + CHUNK] for i in range(0, len(speech) - CHUNK + 1, CHUNK)]
+    loudest = max(chunks, key=lambda c: float(np.sqrt(np.mean(np.frombuffer(c, "<i2").astype(np.float32) ** 2))))
     got = Collector()
     session = got.session(stt)
-    push(session, prompt("agent-pass"))  # the first pass runs at 1.2 s of audio
+    push(session, speech)  # the first pass runs at 1.2 s of audio
     got.wait_partials(1)
-    session.push_audio(bytes(CHUNK))  # the hangover's first quiet batch: a pass over all the speech
+    session.push_audio(loudest)  # speech, not a pause: an interval pass over everything
     assert started_second.wait(30)
-    session.push_audio(bytes(CHUNK))
     session.end_utterance()
     finals_before_release = list(got.finals)
     release.set()
     time.sleep(0.5)  # let the stuck pass finish: it must not report after the final
     session.close()
+    assert calls == [True, True]  # both interval passes decode niced
     assert session.finals_reused == 0
     assert len(finals_before_release) == 1
     assert {"password", "pound", "key"} <= words(finals_before_release[0].text)

@@ -13,11 +13,11 @@ Models (``engine.providers.whisper_model``): ``base`` (multilingual) by default,
 once per provider object, which the host creates once per process, and shared by
 every session; ``device="cpu", compute_type="int8"``.
 
-CPU: partial passes run on a second instance of the model whose CTranslate2
+CPU: interval passes run on a second instance of the model whose CTranslate2
 threads run at a lower CPU priority (``PARTIAL_NICE``: threads inherit the
 niceness of the thread that creates them, so the instance is built on a niced
-thread), so a final never waits for a partial and a partial never takes the
-CPU from a final or from the 20 ms path. Every decode goes through one
+thread), so they never take the CPU from a final or from the 20 ms path; the
+pass at a pause runs on the finals' instance (see "The final" below). Every decode goes through one
 process-wide ``DecodeGate`` (sized by the first provider created): finals wait
 only for other finals; a partial pass runs on the process's one partial thread
 only when no final waits, a final slot is free, and the partial budget has
@@ -27,11 +27,12 @@ has two passes in flight.
 The final: ``end_utterance`` decodes the whole utterance on the calling thread
 (the STT actor's), with priority. When the latest partial pass already covered
 all of it except a quiet tail (the VAD's hangover), its text is the final, taken
-at once or when that pass ends (within ``REUSE_WAIT_S``), with no second decode:
-whisper decodes a window whatever the length of audio in it, so one pass costs as
-much as another. A pass still running after ``REUSE_WAIT_S`` has been starved of
-the CPU (its threads run niced, and other calls' finals come first): the final is
-then decoded at full priority rather than wait behind it.
+at once or when that pass ends, with no second decode: whisper decodes a window
+whatever the length of audio in it, so one pass costs as much as another. The pass
+started at a pause (the likely end of the utterance) decodes on the finals' instance,
+at their priority, because it usually becomes the final; interval passes run niced,
+and a final waits at most ``REUSE_WAIT_S`` for one of those (a niced pass can be
+starved by other calls' finals) before decoding the utterance itself.
 A partial is never reported after its utterance's final (one lock orders them).
 
 The window (``engine.providers.whisper_window``): an utterance of up to 7 s is
@@ -105,7 +106,7 @@ QUIET_RATIO = 0.15
 REUSE_MAX_TAIL_S = 0.6
 #: ... and no 20 ms frame of it louder than this fraction of the loudest batch.
 REUSE_TAIL_RATIO = 0.1
-#: The final waits this long for the pass it reuses; past it, it decodes itself.
+#: The final waits this long for a niced pass it would reuse; past it, it decodes itself.
 REUSE_WAIT_S = 0.3
 #: A pause-triggered pass needs at least this much audio since the last one began.
 MIN_PAUSE_PASS_S = 0.3
@@ -194,7 +195,7 @@ class WhisperStt:
         tone = (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
         self._transcribe(tone, "en")
         if self._partial_model is not None:
-            self._transcribe(tone, "en", partial=True)
+            self._transcribe(tone, "en", niced=True)
 
     def open_session(
         self,
@@ -232,9 +233,12 @@ class WhisperStt:
 
     # ------------------------------------------------------------------ internals
 
-    def _recognize(self, pcm16: bytes, sample_rate: int, language: str | None, *, partial: bool = False) -> str:
+    def _recognize(
+        self, pcm16: bytes, sample_rate: int, language: str | None, *, partial: bool = False, niced: bool = True
+    ) -> str:
         """The kept text; empty when nothing was said. A final takes a decode slot
-        here (waiting, with priority); a partial's caller already holds one."""
+        here (waiting, with priority); a partial's caller already holds one, and
+        decodes on the niced instance unless ``niced`` is false."""
         if len(pcm16) < 2 * MIN_UTTERANCE_S * sample_rate:
             return ""
         level = rms_pcm16(pcm16)
@@ -243,7 +247,7 @@ class WhisperStt:
         pcm = resample_pcm16(pcm16, sample_rate, WHISPER_RATE) if sample_rate != WHISPER_RATE else pcm16
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
         if partial:
-            text, no_speech = self._transcribe(audio, language, partial=True)
+            text, no_speech = self._transcribe(audio, language, niced=niced)
         else:
             self.gate.acquire_final()
             try:
@@ -261,10 +265,10 @@ class WhisperStt:
             return ""
         return text
 
-    def _transcribe(self, audio: np.ndarray, language: str | None, *, partial: bool = False) -> tuple[str, float]:
+    def _transcribe(self, audio: np.ndarray, language: str | None, *, niced: bool = False) -> tuple[str, float]:
         """(text, highest no-speech probability) of one pass: in the short window when
         the audio fits it and the result passes the checks, else in whisper's 30 s."""
-        model = self._partial_model if partial and self._partial_model is not None else self._model
+        model = self._partial_model if niced and self._partial_model is not None else self._model
         seconds = len(audio) / WHISPER_RATE
         if seconds <= SHORT_AUDIO_S:
             window = int(SHORT_WINDOW_S * WHISPER_RATE)
@@ -325,13 +329,15 @@ def _load(path: Path, cpu_threads: int, num_workers: int, *, nice: int = 0):  # 
 
 
 class _Pass:
-    """One partial decode of the first ``covered`` bytes of utterance ``utterance``."""
+    """One partial decode of the first ``covered`` bytes of utterance ``utterance``;
+    ``likely_final``: started at a pause, so likely to become the final."""
 
-    __slots__ = ("utterance", "covered", "done", "text")
+    __slots__ = ("utterance", "covered", "likely_final", "done", "text")
 
-    def __init__(self, utterance: int, covered: int) -> None:
+    def __init__(self, utterance: int, covered: int, likely_final: bool = False) -> None:
         self.utterance = utterance
         self.covered = covered
+        self.likely_final = likely_final
         self.done = threading.Event()
         self.text: str | None = None  # None: the pass failed or was skipped
 
@@ -403,7 +409,7 @@ class WhisperSession:
             pause = since >= self._pause_min and level < QUIET_RATIO * self._peak and self._peak >= 2 * MIN_RMS
             if not (due or pause) or not self._provider.gate.try_acquire_partial():
                 return
-            job = _Pass(self._utterance, size & ~1)
+            job = _Pass(self._utterance, size & ~1, likely_final=pause)
             self._pass = job
             self._next_pass_at = size + self._interval
             audio = bytes(self._buf[: job.covered])
@@ -428,7 +434,7 @@ class WhisperSession:
             self._pass = None
             self._partial_text = ""
         text: str | None = None
-        if reuse is not None and reuse.done.wait(REUSE_WAIT_S):
+        if reuse is not None and reuse.done.wait(None if reuse.likely_final else REUSE_WAIT_S):
             text = reuse.text
         if text is None:
             try:
@@ -470,7 +476,9 @@ class WhisperSession:
         """A partial pass, on a pool thread; its gate slot is already held."""
         started = time.monotonic()
         try:
-            job.text = self._provider._recognize(audio, self._rate, self._language, partial=True)
+            job.text = self._provider._recognize(
+                audio, self._rate, self._language, partial=True, niced=not job.likely_final
+            )
         except Exception:  # the final, decoded again, reports a real failure
             log.warning("whisper partial pass failed", exc_info=True)
         finally:
