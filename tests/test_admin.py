@@ -25,7 +25,10 @@ from engine.presence import Presence
 from tests.conftest_host import ADMIN_TOKEN, TWILIO_TOKEN, HostProcess, start_host, start_hosts
 from callsim import Pause, Say, SimulatedCaller, WaitForReply
 
-STUBS = {"CALLENGINE_STT": "stub", "CALLENGINE_TTS": "stub", "CALLENGINE_LLM": "stub"}
+# The stub planner's reply: two sentences as by default, spoken in 1.2 s instead of
+# 3.7 s (the stub voice speaks 60 ms a character); every caller waits a reply out.
+STUBS = {"CALLENGINE_STT": "stub", "CALLENGINE_TTS": "stub", "CALLENGINE_LLM": "stub",
+         "CALLENGINE_STUB_REPLY_TEXT": "Thanks. We can come."}
 
 
 # ------------------------------------------------------------------ merge rules
