@@ -297,6 +297,7 @@ class TurnTaker:
             if self._spec is not None and normalize(self._spec[1]) != normalize(turn.text(True)):
                 out.append(DropSpeculation(self._spec[0]))
                 self._spec = None
+        turn.partial_audio_end = tr.audio_end
         return out + self._try_end(now)
 
     def _late_final(self, reply: _Reply, text: str, now: float) -> list[Decision]:
@@ -328,10 +329,19 @@ class TurnTaker:
         p = turn.partial.strip()
         if not p or not self.cfg.early_finalize:
             return False
-        if not self.streaming_stt and (turn.speech_end_seen is None or turn.partial_changed_at < turn.speech_end_seen):
-            # A batch recognizer's partial lags the audio by a decode: only one made
-            # after the speech ended is known to hold its last words.
-            return False
+        if not self.streaming_stt:
+            # A batch recognizer's partial lags the audio by a decode: only one that
+            # heard the audio up to the silence holds the turn's last words. When the
+            # recognizer says where its audio ended, that decides (a pass cut mid-speech
+            # can arrive after the speech ended on a loaded machine); else it must have
+            # been made after the speech ended.
+            if turn.speech_end_seen is None or turn.speech_end is None:
+                return False
+            if turn.partial_audio_end:
+                if turn.partial_audio_end < turn.speech_end:
+                    return False
+            elif turn.partial_changed_at < turn.speech_end_seen:
+                return False
         if len(p) >= self.cfg.early_punct_min_chars and p[-1] in ".?!…":
             return True
         stable = (now - turn.partial_changed_at) * 1000.0 >= self.cfg.stable_ms
