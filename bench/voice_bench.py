@@ -56,7 +56,7 @@ def intelligibility(settings: Any, repeat: int) -> list[dict[str, Any]]:
     from engine.voice_check import business_lines, check_lines, totals
 
     businesses = load_businesses(settings.businesses_path)
-    stt = WhisperStt(cpu_threads=settings.whisper.cpu_threads)
+    stt = WhisperStt(cpu_threads=settings.whisper.cpu_threads, partial_interval_s=0)  # one-shot: no partials
     rows = []
     cases = [
         ("demo", "espeak-ng", SpeakableTts(EspeakTts(rate_wpm=settings.espeak.rate_wpm))),

@@ -178,7 +178,11 @@ def main(args: Any) -> int:
     voice_name = args.tts or settings.tts
     try:
         tts = make_tts(voice_name, settings)
-        stt = WhisperStt(model_path=args.stt_model or settings.whisper.model or None, cpu_threads=settings.whisper.cpu_threads)
+        stt = WhisperStt(  # one-shot transcriptions: no partials, so no second model copy
+            model_path=args.stt_model or settings.whisper.model or None,
+            cpu_threads=settings.whisper.cpu_threads,
+            partial_interval_s=0,
+        )
     except (ProviderError, ValueError) as exc:
         sys.stderr.write(f"callengine: {exc}\n")
         return 2
