@@ -31,14 +31,10 @@ import argparse
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -46,13 +42,13 @@ from typing import Any, Sequence
 
 import trio
 
+from bench.eval_host import HostProcess, fetch_record, http_base, http_json, start_host, transcripts_of
 from bench.eval_data import SMOKE, DataError, LoadedClip, check_data, default_data_dir, load_clips, load_noise
 from bench.eval_score import Counts, attribute_turns, score_pair
 from callsim import BargeIn, CallResult, Pause, Say, SimulatedCaller, WaitForReply
 
 __all__ = ["EvalOptions", "run_eval", "rescore", "render_markdown", "main", "HostProcess", "start_host"]
 
-ROOT = Path(__file__).resolve().parent.parent
 CALL_START_S = 120.0  # greeting and set-up, within a call's time limit
 STEP_S = 90.0  # per line: the line, a reply timeout, a long reply; a bound, never a wait
 
@@ -75,126 +71,6 @@ class EvalOptions:
     model: str = ""
     admin_token: str = ""
     auth_token: str = ""
-
-
-# ------------------------------------------------------------------ the host
-
-
-@dataclass
-class HostProcess:
-    """A ``callengine serve`` started by the eval (stopped by ``stop``)."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    data_dir: tempfile.TemporaryDirectory[str]
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/twilio/media"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.data_dir.cleanup()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def host_env(admin_token: str, stt: str = "", model: str = "") -> dict[str, str]:
-    """The environment of a host the eval starts: this one, less the Twilio signature
-    check, with the admin token and the recognizer chosen."""
-    env = {k: v for k, v in os.environ.items() if k != "TWILIO_AUTH_TOKEN"}
-    env["CALLENGINE_ADMIN_TOKEN"] = admin_token
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    if stt:
-        env["CALLENGINE_STT"] = stt
-    if model:
-        env["CALLENGINE_WHISPER_MODEL"] = model
-    return env
-
-
-def start_host(admin_token: str, stt: str = "", model: str = "", timeout: float = 180.0) -> HostProcess:
-    """Start ``callengine serve`` from this source tree on a free loopback port;
-    return once ``/healthz`` answers 200. Raises ``RuntimeError`` with the log's tail."""
-    port = _free_port()
-    data = tempfile.TemporaryDirectory(prefix="callengine-eval-")
-    env = host_env(admin_token, stt, model)
-    env["CALLENGINE_DATA_DIR"] = data.name
-    env.setdefault("CALLENGINE_LOG_LEVEL", "WARNING")
-    log_path = Path(data.name) / "host.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "callengine.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    host = HostProcess(proc, port, log_path, data)
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-3000:]
-            data.cleanup()
-            raise RuntimeError(f"the host exited with {proc.returncode}:\n{tail}")
-        try:
-            _http_json(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            return host
-        except (urllib.error.URLError, OSError, ValueError):
-            pass
-        if time.monotonic() > deadline:
-            tail = log_path.read_text(errors="replace")[-3000:]
-            host.stop()
-            raise RuntimeError(f"the host did not become healthy in {timeout:.0f} s:\n{tail}")
-        time.sleep(0.3)
-
-
-def _http_json(url: str, token: str | None = None, timeout: float = 5.0) -> Any:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())
-
-
-def _base(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "wss" else 80)
-    return f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.hostname}:{port}"
-
-
-def _fetch_record(base: str, sid: str, token: str, timeout: float = 20.0) -> dict[str, Any] | None:
-    """The stored call once it has ended (its turns are written behind the call)."""
-    deadline = time.monotonic() + timeout
-    data: dict[str, Any] | None = None
-    while time.monotonic() < deadline:
-        try:
-            data = _http_json(f"{base}/admin/calls/{sid}", token)
-        except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403):
-                raise RuntimeError(f"the admin API refused the token ({exc.code}); set CALLENGINE_ADMIN_TOKEN") from None
-            data = None
-        except (urllib.error.URLError, OSError, ValueError):
-            data = None
-        if data and data.get("state") == "ended":
-            time.sleep(0.3)  # a last turn may still be on its way to the store
-            return _http_json(f"{base}/admin/calls/{sid}", token)
-        time.sleep(0.3)
-    return data
-
-
-def _transcripts(record: dict[str, Any] | None) -> list[str]:
-    turns = sorted((record or {}).get("turns") or [], key=lambda t: t.get("turn_index", 0))
-    return [str(t.get("transcript") or "").strip() for t in turns if str(t.get("transcript") or "").strip()]
 
 
 # ------------------------------------------------------------------ the calls
@@ -294,7 +170,7 @@ def _score_live(groups: Sequence[Sequence[LoadedClip]], results: Sequence[CallRe
                 live.latencies.append(t.reply_latency_ms)
             elif t.speech_end_ms is not None:
                 live.no_reply += 1
-        _score_text(live, played, _transcripts(record))
+        _score_text(live, played, transcripts_of(record))
     return live
 
 
@@ -424,7 +300,7 @@ def _score_noise(noise: dict[str, Any], records: dict[str, Any], opts: EvalOptio
                 "played_over_agent": t_barge is not None and t_barge.speech_end_ms is not None,
             }
         )
-    silent_turns = _transcripts(records.get(r_silent.call_sid))
+    silent_turns = transcripts_of(records.get(r_silent.call_sid))
     n = len(noises)
     over = sum(1 for p in per if p["played_over_agent"])
     return {
@@ -462,19 +338,19 @@ async def run_eval(opts: EvalOptions) -> dict[str, Any]:
     if not opts.admin_token:
         raise ValueError("the admin token is needed to read the stored transcripts: set CALLENGINE_ADMIN_TOKEN")
     clips = await trio.to_thread.run_sync(partial(load_clips, opts.data_dir, opts.clips or None, gain_db=opts.gain_db))
-    base = _base(opts.url)
-    health = await trio.to_thread.run_sync(_http_json, f"{base}/healthz")
+    base = http_base(opts.url)
+    health = await trio.to_thread.run_sync(http_json, f"{base}/healthz")
     n = min(opts.calls, len(clips))
     groups = [clips[i::n] for i in range(n)]
     t0 = time.monotonic()
     results = await _run_calls(opts.url, [_speech_script(g, opts) for g in groups], opts)
     live_s = time.monotonic() - t0
-    records = [await trio.to_thread.run_sync(_fetch_record, base, r.call_sid, opts.admin_token) for r in results]
+    records = [await trio.to_thread.run_sync(fetch_record, base, r.call_sid, opts.admin_token) for r in results]
     live = _score_live(groups, results, records)
     stored = [
         {
             "call_sid": r.call_sid, "state": (rec or {}).get("state"), "clips": [c.clip.id for c, t in zip(g, r.turns) if t.speech_end_ms is not None],
-            "transcripts": _transcripts(rec), "errors": r.errors,
+            "transcripts": transcripts_of(rec), "errors": r.errors,
         }
         for g, r, rec in zip(groups, results, records)
     ]
@@ -506,7 +382,7 @@ async def run_eval(opts: EvalOptions) -> dict[str, Any]:
         triggers = [c for c in clips if c.clip.kind in ("sentence", "read")] or clips
         noise = await _noise_calls(opts.url, opts, triggers)
         recs = {
-            r.call_sid: await trio.to_thread.run_sync(_fetch_record, base, r.call_sid, opts.admin_token)
+            r.call_sid: await trio.to_thread.run_sync(fetch_record, base, r.call_sid, opts.admin_token)
             for r in (noise["silent"], noise["speaking"])
         }
         report["noise"] = _score_noise(noise, recs, opts)
