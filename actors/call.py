@@ -101,6 +101,19 @@ def build_call_tree(
             ctx, provider, history, language=language, phrase_hints=business.phrase_hints
         )
 
+    decoders: list[Decoder] = []  # the decoder's incarnations, newest last (the STT probe asks it)
+
+    def new_decoder(ctx: Any) -> Decoder:
+        decoder = Decoder(
+            runtime.new_vad(),
+            history,
+            batch_ms=s.turn.stt_batch_ms,
+            echo=echo,
+            barge_in_min_ms=s.vad.barge_in_min_ms,
+        )
+        decoders[:] = [decoder]
+        return decoder
+
     stt_fallback = runtime.stt_fallback
     children = [
         ChildSpec(
@@ -119,16 +132,7 @@ def build_call_tree(
                 echo=echo,
             ),
         ),
-        ChildSpec(
-            "decoder",
-            lambda ctx: Decoder(
-                runtime.new_vad(),
-                history,
-                batch_ms=s.turn.stt_batch_ms,
-                echo=echo,
-                barge_in_min_ms=s.vad.barge_in_min_ms,
-            ),
-        ),
+        ChildSpec("decoder", new_decoder),
         ChildSpec(
             "planner",
             lambda ctx: Planner(
@@ -155,6 +159,9 @@ def build_call_tree(
             backoff=Backoff(base=sup_cfg.stt_backoff_s, max=5.0, jitter=0.1),
             probe_interval=sup_cfg.stt_probe_interval_s,
             probe_hold=sup_cfg.stt_probe_hold_s,
+            # Try the primary recognizer again only between utterances: a switch
+            # mid-utterance splits it between two sessions.
+            probe_when=lambda: not (decoders and decoders[-1].in_speech),
             buffer=1024,
         ),
     ]

@@ -83,6 +83,11 @@ class Decoder(TrioActor):
     #: Held audio of unconfirmed speech (frames) beyond which the oldest goes on as non-speech.
     MAX_HELD_FRAMES = 100
 
+    @property
+    def in_speech(self) -> bool:
+        """Whether the caller is speaking now (the VAD is between a start and its end)."""
+        return bool(self._vad.in_speech)
+
     def __init__(
         self,
         vad: Any,

@@ -165,7 +165,7 @@ class SttActor(PykkaActor):
                 # trim): trim when that utterance ends.
                 self._final_pending_trim = True
         if not tr.t:
-            tr = Transcript(tr.text, tr.is_final, time.monotonic(), tr.stability, tr.confidence, tr.utterance)
+            tr = dataclasses.replace(tr, t=time.monotonic())
         if tr.is_final and not self._streaming and not tr.upto_seq:
             # A batch recognizer finalizes inside ``end_utterance``, on this thread:
             # the final transcribes the utterance that ended last. The planner

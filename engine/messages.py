@@ -173,7 +173,6 @@ class Transcript:
     confidence: float = 0.0
     utterance: int = 0  # counter of utterances within the session
     upto_seq: int = 0  # a batch recognizer's final: the seq of the UtteranceEnded it transcribes (0: unknown)
-    audio_end: float = 0.0  # a batch recognizer's partial: when the audio it heard ended (monotonic; 0: unknown)
 
 
 # ------------------------------------------------------- planner -> tts etc.

@@ -136,6 +136,9 @@ class Backoff:
         return d * (1.0 + self.jitter * r)
 
 
+#: How often a probe held back by ``ChildSpec.probe_when`` asks again.
+PROBE_RECHECK_S = 0.25
+
 @dataclass(frozen=True, slots=True)
 class ChildSpec:
     """One child of a supervisor. Validated on construction (``ValueError`` naming the field).
@@ -143,6 +146,9 @@ class ChildSpec:
     ``factory(ctx)`` returns a ``TrioActor`` or the ``ActorRef`` of a started
     ``PykkaActor`` (``engine.actor``); so does ``fallback``. ``shutdown`` is
     normalised to seconds: ``INFINITY`` is ``math.inf``, ``BRUTAL_KILL`` is 0.
+    ``probe_when``: the half-open probe starts only when this returns True (asked
+    when the probe is due, then every ``PROBE_RECHECK_S``): a switch of a speech
+    recognizer while the caller is speaking would cut the utterance in two.
     """
 
     role: str
@@ -154,6 +160,7 @@ class ChildSpec:
     stable_after: float = 10.0
     probe_interval: float = 30.0
     probe_hold: float = 5.0
+    probe_when: Callable[[], bool] | None = None
     significant: bool = False
     shutdown: float = 2.0
     buffer: int = 256
@@ -169,6 +176,8 @@ class ChildSpec:
                 raise ValueError(f"factory must be callable; got {self.factory!r}")
             if self.fallback is not None and not callable(self.fallback):
                 raise ValueError(f"fallback must be callable or None; got {self.fallback!r}")
+            if self.probe_when is not None and not callable(self.probe_when):
+                raise ValueError(f"probe_when must be callable or None; got {self.probe_when!r}")
             if self.fallback is not None and self.restart is Restart.TEMPORARY:
                 raise ValueError("fallback is meaningless for a temporary child (it is never restarted)")
             if not isinstance(self.significant, bool):

@@ -59,6 +59,7 @@ from engine.restart_policy import (
     Action,
     AutoShutdown,
     Backoff,
+    PROBE_RECHECK_S,
     ChildSpec,
     Restart,
     RestartIntensity,
@@ -422,6 +423,9 @@ class Supervisor(SlotRunner):
             # The fallback itself is restarting: probe once it has had another interval.
             self._schedule(slot, slot.spec.probe_interval, "probe")
         elif action == "probe" and slot.fallback_active and slot.status is SlotStatus.RUNNING:
+            if slot.spec.probe_when is not None and not slot.spec.probe_when():
+                self._schedule(slot, PROBE_RECHECK_S, "probe")  # not now (the caller is speaking)
+                return
             self._event(role, "probe")
             await self._stop_incarnation(slot)
             slot.policy.start_probe()

@@ -55,7 +55,6 @@ class CallerTurn:
     finals: list[str] = dataclasses.field(default_factory=list)
     partial: str = ""
     partial_changed_at: float = 0.0
-    partial_audio_end: float = 0.0  # a batch partial: when the audio it heard ended (0: unknown)
     first_partial: float | None = None
     last_final: float | None = None  # when the latest final was handled
     last_final_seen: float = -1.0

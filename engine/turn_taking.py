@@ -32,9 +32,10 @@ Rules (the numbers are ``TurnSettings``, from ``[turn]`` in config/default.toml)
   ended) names the stretch it transcribes (``Transcript.upto_seq`` =
   ``SpeechEnded.seq``), so one for the previous stretch, arriving while the caller
   has already gone on, ends nothing (without the name: when it arrived after the
-  stretch ended). A batch recognizer's partial lags by a decode, so it finalizes
-  early only if it was made after the speech ended, and a partial for an
-  utterance it has already finalized is ignored.
+  stretch ended). A batch recognizer's partial never ends a turn (it is a pass
+  over the audio as it was when the pass began; the final reuses the pass that
+  heard everything), and a partial for an utterance it has already finalized is
+  ignored.
 - A turn whose words look unfinished (ending in a digit or number word, a filler
   such as "uh"/"um", a conjunction or article, or a comma) waits until
   ``unfinished_hold_ms`` of silence after the speech before it ends: digits read
@@ -297,7 +298,6 @@ class TurnTaker:
             if self._spec is not None and normalize(self._spec[1]) != normalize(turn.text(True)):
                 out.append(DropSpeculation(self._spec[0]))
                 self._spec = None
-        turn.partial_audio_end = tr.audio_end
         return out + self._try_end(now)
 
     def _late_final(self, reply: _Reply, text: str, now: float) -> list[Decision]:
@@ -330,18 +330,13 @@ class TurnTaker:
         if not p or not self.cfg.early_finalize:
             return False
         if not self.streaming_stt:
-            # A batch recognizer's partial lags the audio by a decode: only one that
-            # heard the audio up to the silence holds the turn's last words. When the
-            # recognizer says where its audio ended, that decides (a pass cut mid-speech
-            # can arrive after the speech ended on a loaded machine); else it must have
-            # been made after the speech ended.
-            if turn.speech_end_seen is None or turn.speech_end is None:
-                return False
-            if turn.partial_audio_end:
-                if turn.partial_audio_end < turn.speech_end:
-                    return False
-            elif turn.partial_changed_at < turn.speech_end_seen:
-                return False
+            # A batch recognizer's partial is a pass over the audio as it was when the
+            # pass began, with its own final punctuation: under load a pass cut
+            # mid-speech ("I am a leak.") comes back after the caller stopped, and a
+            # pass at the pause can read the utterance differently from the final.
+            # The final costs nothing more when that pass heard everything (whisper
+            # reuses it), so a batch turn ends on its final.
+            return False
         if len(p) >= self.cfg.early_punct_min_chars and p[-1] in ".?!…":
             return True
         stable = (now - turn.partial_changed_at) * 1000.0 >= self.cfg.stable_ms

@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from engine.actor import PykkaActor, TrioActor
+from engine.restart_policy import PROBE_RECHECK_S
 from engine.supervisor import (
     AutoShutdown,
     Backoff,
@@ -424,6 +425,37 @@ async def test_probe_that_holds_returns_to_primary(autojump_clock: Any) -> None:
         await trio.sleep(100)  # closed: no further probes, the primary stays
         assert primaries[0] == 5
         assert len(log.of("start", "fallback")) == 1
+        sup.request_stop()
+
+
+async def test_a_probe_waits_until_probe_when_allows_it(autojump_clock: Any) -> None:
+    """The STT's probe is held back while the caller speaks (``probe_when`` false),
+    asked again every PROBE_RECHECK_S, and runs as soon as it is allowed."""
+    log = Log()
+    primaries = [0]
+    speaking = [True]
+
+    def primary(ctx: Any) -> TrioActor:
+        primaries[0] += 1
+        return Recorded(log, "primary", fail_start=primaries[0] <= 4)
+
+    sup = Supervisor(
+        "call",
+        [stt_spec(primary, lambda ctx: Recorded(log, "fallback"), probe_interval=30.0,
+                  probe_when=lambda: not speaking[0])],
+        intensity=10,
+        period=10.0,
+    )
+    async with trio.open_nursery() as n:
+        await n.start(run_root, sup)
+        await trio.sleep(10)
+        (fb_start,) = log.of("start", "fallback")
+        await trio.sleep(fb_start + 45.0 - trio.current_time())  # 15 s past the due probe
+        assert primaries[0] == 4 and child_snap(sup, "stt")["probes"] == 0  # held back
+        speaking[0] = False
+        await trio.sleep(1.0)
+        assert primaries[0] == 5  # the probe ran within a recheck
+        assert log.of("start", "primary")[-1] - (fb_start + 45.0) <= PROBE_RECHECK_S + 1e-9
         sup.request_stop()
 
 

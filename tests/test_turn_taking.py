@@ -62,8 +62,8 @@ class Line:
     def final(self, now: float, text: str) -> list[Any]:
         return self.at(now, Transcript(text=text, is_final=True, t=now))
 
-    def partial(self, now: float, text: str, audio_end: float = 0.0) -> list[Any]:
-        return self.at(now, Transcript(text=text, is_final=False, t=now, audio_end=audio_end))
+    def partial(self, now: float, text: str) -> list[Any]:
+        return self.at(now, Transcript(text=text, is_final=False, t=now))
 
 
 def kinds(decisions: list[Any]) -> list[type]:
@@ -346,34 +346,19 @@ def test_a_batch_final_names_its_stretch_so_a_late_one_ends_nothing() -> None:
     assert start.text == "Yes, that's right."
 
 
-def test_a_batch_partial_finalizes_early_only_when_made_after_the_speech_ended() -> None:
+def test_a_batch_partial_never_ends_the_turn_however_late_it_arrives() -> None:
+    """On a loaded machine whisper's pass over the first second ("I am a leak.") came
+    back after the caller had stopped, and ended the turn on half a sentence; a batch
+    turn ends on its final."""
     line = Line()
     line.started(0.0)
     line.partial(0.9, "I need a plumber for my")  # made while the caller spoke
-    assert line.ended(1.2, seen=1.4) == []  # it lags: not strong, wait
-    start = reply_of(line.partial(1.7, "I need a plumber for my kitchen."))  # made after: strong
-    assert start.text == "I need a plumber for my kitchen."
-
-
-def test_a_batch_partial_cut_mid_speech_never_ends_the_turn_however_late_it_arrives() -> None:
-    """On a loaded machine whisper's pass over the first second ("I am a leak.") came
-    back after the caller had stopped; it heard only part of the turn, so the turn
-    waits for the pass that heard the audio up to the silence (or the final)."""
-    line = Line()
-    line.started(0.0)
     assert line.ended(2.4, seen=2.6) == []
-    assert line.partial(2.9, "I am a leak.", audio_end=1.2) == []  # cut at 1.2 s, mid-speech
-    assert line.tick_until(3.2) == []
-    start = reply_of(line.partial(3.3, "I have a leaking pipe in the kitchen.", audio_end=2.5))
-    assert start.text == "I have a leaking pipe in the kitchen."
-
-
-def test_a_batch_partial_that_heard_the_silence_ends_the_turn_even_if_it_came_first() -> None:
-    line = Line()
-    line.started(0.0)
-    assert line.partial(2.55, "When do you open?", audio_end=2.5) == []  # speaking, as far as we know
-    start = reply_of(line.ended(2.4, seen=2.6))  # the silence began at 2.4: the partial heard it
-    assert start.text == "When do you open?"
+    assert line.partial(2.9, "I am a leak.") == []  # a pass cut mid-speech, back late
+    assert line.partial(3.0, "I need a plumber for my kitchen.") == []  # even a complete-looking one
+    assert line.tick_until(3.5) == []
+    start = reply_of(line.final(3.6, "I need a plumber for my kitchen."))
+    assert start.text == "I need a plumber for my kitchen."
 
 
 def test_a_batch_partial_for_an_already_finalized_utterance_is_ignored() -> None:

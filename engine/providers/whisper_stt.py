@@ -332,13 +332,12 @@ class _Pass:
     """One partial decode of the first ``covered`` bytes of utterance ``utterance``;
     ``likely_final``: started at a pause, so likely to become the final."""
 
-    __slots__ = ("utterance", "covered", "likely_final", "cut_at", "done", "text")
+    __slots__ = ("utterance", "covered", "likely_final", "done", "text")
 
     def __init__(self, utterance: int, covered: int, likely_final: bool = False) -> None:
         self.utterance = utterance
         self.covered = covered
         self.likely_final = likely_final
-        self.cut_at = time.monotonic()  # when its audio ended: the newest batch had just arrived
         self.done = threading.Event()
         self.text: str | None = None  # None: the pass failed or was skipped
 
@@ -492,9 +491,7 @@ class WhisperSession:
                     self._partial_text = text
                     self.partials_sent += 1
                     self._on_transcript(
-                        Transcript(
-                            text=text, is_final=False, t=time.monotonic(), utterance=job.utterance, audio_end=job.cut_at
-                        )
+                        Transcript(text=text, is_final=False, t=time.monotonic(), utterance=job.utterance)
                     )
 
     def _fail(self, exc: BaseException) -> None:
