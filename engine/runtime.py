@@ -185,7 +185,9 @@ class Runtime:
         hands them to the TTS actor: the voice caches each sentence's audio, so the
         rule planner's replies (and an LLM's quoting them) start playing at once
         instead of waiting ~0.1 s of a core per second of speech. Calls are served
-        meanwhile; a sentence a call needs first is computed by the call as before.
+        meanwhile: a sentence no call has needed yet is computed by the call as before,
+        but one the warm-up is computing at that moment is waited for (the cache computes
+        each sentence once), at the warm-up's low priority, in the first seconds only.
         ``close`` stops the thread between sentences."""
         jobs = []
         speaks = getattr(self.tts, "speaks", None)

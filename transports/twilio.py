@@ -44,6 +44,7 @@ import collections
 import json
 from typing import Any, Mapping
 
+from transports import twilio_events
 from transports.twilio_caller import CallerSideStream
 from transports.twilio_events import (
     MAX_PAYLOAD_BYTES,
@@ -76,24 +77,7 @@ from transports.twilio_fields import (
 
 # The events (``transports.twilio_events``) and the caller's end
 # (``transports.twilio_caller``) are part of this module's documented API.
-__all__ = [
-    "State",
-    "LocalProtocolError",
-    "Connected",
-    "Start",
-    "Media",
-    "Dtmf",
-    "Mark",
-    "Stop",
-    "Clear",
-    "ProtocolViolation",
-    "Event",
-    "TwilioStream",
-    "CallerSideStream",
-    "VIOLATION_KINDS",
-    "MAX_PAYLOAD_BYTES",
-    "MAX_WIRE_INT",
-]
+__all__ = [*twilio_events.__all__, "TwilioStream", "CallerSideStream", "MAX_WIRE_INT"]
 
 
 class TwilioStream:
