@@ -394,13 +394,22 @@ async def test_progress_of_an_earlier_incarnation_does_not_excuse_a_later_one(au
     assert fallbacks[0] == 1 and snap["fallback"] is True
 
 
+def healthy_from_the_probe(log: "Log", primaries: list[int]) -> Callable[[Any], TrioActor]:
+    """A primary whose first four starts fail (the try and three retries) and which
+    is healthy from the probe on; ``primaries[0]`` counts the starts."""
+
+    def primary(ctx: Any) -> TrioActor:
+        primaries[0] += 1
+        return Recorded(log, "primary", fail_start=primaries[0] <= 4)
+
+    return primary
+
+
 async def test_probe_that_holds_returns_to_primary(autojump_clock: Any) -> None:
     log = Log()
     primaries = [0]
 
-    def primary(ctx: Any) -> TrioActor:
-        primaries[0] += 1
-        return Recorded(log, "primary", fail_start=primaries[0] <= 4)  # healthy from the probe on
+    primary = healthy_from_the_probe(log, primaries)
 
     sup = Supervisor(
         "call",
@@ -435,9 +444,7 @@ async def test_a_probe_waits_until_probe_when_allows_it(autojump_clock: Any) -> 
     primaries = [0]
     speaking = [True]
 
-    def primary(ctx: Any) -> TrioActor:
-        primaries[0] += 1
-        return Recorded(log, "primary", fail_start=primaries[0] <= 4)
+    primary = healthy_from_the_probe(log, primaries)
 
     sup = Supervisor(
         "call",
@@ -498,9 +505,7 @@ async def test_probe_due_while_fallback_backs_off_is_not_lost(autojump_clock: An
     log = Log()
     primaries, fallbacks = [0], [0]
 
-    def primary(ctx: Any) -> TrioActor:
-        primaries[0] += 1
-        return Recorded(log, "primary", fail_start=primaries[0] <= 4)
+    primary = healthy_from_the_probe(log, primaries)
 
     def fallback(ctx: Any) -> TrioActor:
         fallbacks[0] += 1
