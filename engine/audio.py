@@ -38,6 +38,7 @@ __all__ = [
     "ulaw_decode",
     "ulaw_encode",
     "resample_pcm16",
+    "StreamingResampler",
     "frames",
     "rms_pcm16",
     "strip_wav_header",
@@ -186,6 +187,72 @@ def resample_pcm16(pcm16: bytes, src_rate: int, dst_rate: int) -> bytes:
             weights = _kernel(frac[:, None] - j[None, :], fc, half_width)
         out[n] = np.einsum("ij,ij->i", padded[idx], weights)
     return np.clip(np.rint(out), -32768, 32767).astype("<i2").tobytes()
+
+
+class StreamingResampler:
+    """``resample_pcm16`` over audio that arrives in pieces, exactly.
+
+    Feed PCM16 as it arrives; ``feed`` returns the output samples that are final (no
+    later input can change them). The concatenated output equals
+    ``resample_pcm16(everything, src_rate, dst_rate)`` sample for sample, so there is
+    no click at any seam.
+
+    How: input blocks start at multiples of ``src/gcd`` samples, whose outputs start
+    at multiples of ``dst/gcd`` (sample 0 maps to sample 0); each block is resampled
+    together with at least the filter's half-width of real input on both sides and
+    only its own output samples are kept. ``block_ms`` is the least input emitted at
+    once (rounded up to a whole block unit, 20 ms at 22050 -> 8000): smaller emits
+    sooner, larger resamples in fewer calls.
+    """
+
+    def __init__(self, src_rate: int, dst_rate: int, *, block_ms: float = 100.0) -> None:
+        if src_rate <= 0 or dst_rate <= 0:
+            raise ValueError(f"sample rates must be positive, got {src_rate} -> {dst_rate}")
+        g = math.gcd(src_rate, dst_rate)
+        self._src, self._dst = src_rate, dst_rate
+        unit = src_rate // g  # input samples whose output starts on a whole sample
+        self._unit = unit
+        self._block = unit * max(1, math.ceil(src_rate * block_ms / 1000.0 / unit))
+        _, _, taps_half, _, _ = _plan(src_rate, dst_rate)
+        self._context = unit * max(1, math.ceil((taps_half + 1) / unit))
+        self._buf = bytearray()  # input samples from (pos - context) on
+        self._pos = 0  # input samples whose output has been returned
+        self._buf_start = 0  # absolute input index of self._buf[0]
+        self._total = 0
+
+    def feed(self, pcm16: bytes, *, final: bool) -> bytes:
+        """Add input; return the output that is now final (all of it when ``final``)."""
+        _check_pcm16(pcm16)
+        self._buf += pcm16
+        self._total += len(pcm16) // 2
+        ready = self._total - self._context - self._pos
+        out = b""
+        if ready >= self._block:
+            out = self._emit(self._pos + ready - ready % self._unit, right_available=True)
+        if final and self._total > self._pos:
+            out += self._emit(self._total, right_available=False)
+        return out
+
+    def _emit(self, end: int, *, right_available: bool) -> bytes:
+        ctx = self._context
+        seg_start = self._pos - ctx
+        seg_end = end + ctx if right_available else end
+        lo = max(seg_start, self._buf_start)
+        segment = bytes(self._buf[(lo - self._buf_start) * 2 : (seg_end - self._buf_start) * 2])
+        if lo > seg_start:  # before the first sample: zeros, as the whole-signal resampler pads
+            segment = b"\x00\x00" * (lo - seg_start) + segment
+        if not right_available:
+            segment += b"\x00\x00" * ctx
+        resampled = resample_pcm16(segment, self._src, self._dst)
+        first = (ctx * self._dst) // self._src
+        n_out = (end * self._dst) // self._src - (self._pos * self._dst) // self._src
+        chunk = resampled[first * 2 : (first + n_out) * 2]
+        self._pos = end
+        keep_from = self._pos - ctx
+        if keep_from > self._buf_start:
+            del self._buf[: (keep_from - self._buf_start) * 2]
+            self._buf_start = keep_from
+        return chunk
 
 
 # ----------------------------------------------------------------- framing & misc

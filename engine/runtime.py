@@ -25,6 +25,7 @@ runtime sits beneath the roles' wiring and imports nothing of ``actors``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -185,10 +186,11 @@ class Runtime:
         hands them to the TTS actor: the voice caches each sentence's audio, so the
         rule planner's replies (and an LLM's quoting them) start playing at once
         instead of waiting ~0.1 s of a core per second of speech. Calls are served
-        meanwhile: a sentence no call has needed yet is computed by the call as before,
-        but one the warm-up is computing at that moment is waited for (the cache computes
-        each sentence once), at the warm-up's low priority, in the first seconds only.
-        ``close`` stops the thread between sentences."""
+        first: the warm-up's synthesis runs wait behind every call's (the voice's
+        ``deferred``), and a sentence no call has needed yet is computed by the call; one
+        the warm-up is computing at that moment is waited for (the cache computes each
+        sentence once), in the first seconds only. ``close`` stops the thread between
+        sentences."""
         jobs = []
         speaks = getattr(self.tts, "speaks", None)
         for biz in self.businesses.values():
@@ -209,16 +211,23 @@ class Runtime:
             except OSError:
                 pass
             started, done = time.monotonic(), 0
+            deferred = getattr(self.tts, "deferred", None)  # the Piper voice's: behind every call
+            with deferred() if deferred is not None else contextlib.nullcontext():
+                done = speak_all()
+            log.info("voice cache warmed", extra={"sentences": done, "seconds": round(time.monotonic() - started, 2)})
+
+        def speak_all() -> int:
+            done = 0
             for text, lang, voice in dict.fromkeys(jobs):
                 if self._warm_stop.is_set():
-                    return
+                    break
                 try:
                     for _ in self.tts.synthesize(text, language=lang, voice=voice):
                         pass
                     done += 1
                 except Exception:  # a line the voice cannot say is said (and reported) on a call
                     log.warning("could not pre-synthesize %r", text[:60], exc_info=True)
-            log.info("voice cache warmed", extra={"sentences": done, "seconds": round(time.monotonic() - started, 2)})
+            return done
 
         self._warm_thread = threading.Thread(target=warm, name="tts-warm", daemon=True)
         self._warm_thread.start()

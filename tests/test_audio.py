@@ -10,6 +10,7 @@ import pytest
 from engine.audio import (
     MULAW_SILENCE,
     ULAW_TO_PCM16,
+    StreamingResampler,
     frames,
     resample_pcm16,
     rms_pcm16,
@@ -96,6 +97,22 @@ def test_encode_rejects_odd_bytes() -> None:
 
 
 # ------------------------------------------------------------------ resampling
+
+
+@pytest.mark.parametrize("block_ms", [20.0, 100.0])
+@pytest.mark.parametrize("src,dst", [(22050, 8000), (16000, 8000), (8000, 16000)])
+def test_streaming_resampler_equals_resampling_the_whole_signal(src: int, dst: int, block_ms: float) -> None:
+    rng = np.random.default_rng(7)
+    signal = (rng.standard_normal(src) * 3000).astype("<i2").tobytes()  # one second of noise: every seam shows
+    resampler = StreamingResampler(src, dst, block_ms=block_ms)
+    out, pos = [], 0
+    while pos < len(signal):
+        step = 2 * int(rng.integers(1, 3000))
+        out.append(resampler.feed(signal[pos : pos + step], final=False))
+        pos += step
+    out.append(resampler.feed(b"", final=True))
+    assert b"".join(out) == resample_pcm16(signal, src, dst)
+    assert sum(1 for part in out if part) > 3  # it emitted as it went, not only at the end
 
 
 def _peak_hz(pcm: bytes, rate: int) -> float:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
+import numpy as np
 import pytest
 
 from engine.audio import rms_pcm16, ulaw_decode
@@ -13,7 +15,8 @@ from engine.messages import CancelToken
 from engine.providers.base import ProviderError, TextToSpeech
 from engine.providers.english_g2p import EnglishG2P, arpabet_to_ipa
 from engine.providers.espeak_tts import EspeakTts
-from engine.providers.piper_tts import CHUNK_BYTES, PiperTts, split_clauses
+from engine.providers.piper_stages import FrameStream
+from engine.providers.piper_tts import CHUNK_BYTES, PiperTts, _PrioritySlots, split_clauses
 
 GREETING = "Hi, you've reached Demo Plumbing. How can I help you today?"
 ANSWER = "A visit costs two hundred shekels, and the technician gives a quote for the work on site."
@@ -74,16 +77,21 @@ def test_a_sentence_heard_before_comes_from_the_cache(piper: PiperTts) -> None:
     assert uncached._cache.hits == 0
 
 
-def test_calls_asking_for_the_same_new_sentence_together_compute_it_once() -> None:
-    voice = PiperTts()
-    runs = []
-    real_run = voice._session.run
+def _count_runs(session) -> list[int]:  # type: ignore[no-untyped-def]
+    runs: list[int] = []
+    real_run = session.run
 
     def counting_run(*args, **kwargs):  # type: ignore[no-untyped-def]
         runs.append(1)
         return real_run(*args, **kwargs)
 
-    voice._session.run = counting_run  # type: ignore[method-assign]
+    session.run = counting_run
+    return runs
+
+
+def test_calls_asking_for_the_same_new_sentence_together_compute_it_once() -> None:
+    voice = PiperTts()
+    runs = _count_runs(voice._stages.prior)  # once per piece computed
     barrier = threading.Barrier(5)
     heard: list[bytes] = []
 
@@ -98,6 +106,105 @@ def test_calls_asking_for_the_same_new_sentence_together_compute_it_once() -> No
         t.join()
     assert len(set(heard)) == 1 and len(heard) == 5
     assert len(runs) == 2  # two pieces, each computed once
+
+
+def test_window_by_window_is_the_whole_graph(piper: PiperTts) -> None:
+    """The flow and vocoder run over windows with context; the audio equals running them whole."""
+    stages = piper._stages
+    assert piper.streams and stages is not None
+    prior = stages.prior.run(None, piper._feeds(ANSWER))  # its noise is drawn once: both runs share it
+    whole = FrameStream(stages, prior)
+    reference = whole.next_audio(whole.frames)
+    windows = FrameStream(stages, prior)
+    parts, size = [], 16
+    while not windows.finished:
+        parts.append(windows.next_audio(size))
+        size = min(4 * size, 128)
+    assert len(parts) >= 3
+    streamed = np.concatenate(parts)
+    assert streamed.shape == reference.shape and reference.size == 256 * whole.frames
+    assert np.max(np.abs(streamed - reference)) * 32767 < 2.0  # below two 16-bit steps
+
+
+def test_first_audio_leaves_before_the_piece_is_computed() -> None:
+    voice = PiperTts(cache_bytes=0)
+    windows = _count_runs(voice._stages.vocoder)
+    long_piece = "The technician checks the pipes under the sink and behind the washing machine on site"
+    chunks = voice.synthesize(long_piece, language="en-US")
+    first = next(chunks)
+    assert first and len(windows) == 1
+    rest = b"".join(chunks)
+    assert len(windows) >= 3
+    whole = PiperTts(g2p=voice._g2p, cache_bytes=0, stream=False)
+    assert not whole.streams
+    duration = len(b"".join(whole.synthesize(long_piece, language="en-US")))
+    assert abs(len(first) + len(rest) - duration) < 0.25 * duration  # the same piece (durations are sampled)
+
+
+def test_a_busy_voice_gives_each_call_a_longer_first_window() -> None:
+    """With runs waiting for a slot, a call's next window comes later, so the one it
+    gets now holds more audio (6 frames per waiting run, at least the usual 16)."""
+    voice = PiperTts(cache_bytes=0)
+    sizes: list[int] = []
+    real_run = voice._stages.vocoder.run
+
+    def sizing_run(outputs, feeds):  # type: ignore[no-untyped-def]
+        sizes.append(next(iter(feeds.values())).shape[2])
+        return real_run(outputs, feeds)
+
+    voice._stages.vocoder.run = sizing_run
+    text = "The technician checks the pipes under the sink"
+    next(voice.synthesize(text, language="en-US"))
+    voice._slots.waiting = lambda: 8  # type: ignore[method-assign]
+    next(voice.synthesize(text, language="en-US"))
+    context = 12  # VOCODER_CONTEXT on the right of the first window
+    assert sizes == [16 + context, 8 * 6 + context]
+
+
+def test_slots_serve_the_earliest_deadline_first() -> None:
+    slots = _PrioritySlots(1)
+    slots.acquire(0.0)
+    served: list[float] = []
+    waiting = []
+    for due in (3.0, 1.0, 2.0):
+        t = threading.Thread(target=lambda d=due: (slots.acquire(d), served.append(d), slots.release()))
+        t.start()
+        waiting.append(t)
+        while slots.waiting() < len(waiting):
+            time.sleep(0.001)
+    slots.release()
+    for t in waiting:
+        t.join(timeout=5)
+    assert served == [1.0, 2.0, 3.0]
+
+
+def test_warm_up_work_waits_behind_calls_and_never_holds_a_call_up() -> None:
+    voice = PiperTts(slots=1)
+    text = "We fix leaks, boilers and blocked drains."
+    voice._slots.acquire(0.0)  # the only slot is busy
+    order: list[str] = []
+
+    def warm() -> None:
+        with voice.deferred():
+            b"".join(voice.synthesize(text, language="en-US"))
+        order.append("warm-up")
+
+    def call() -> None:
+        b"".join(voice.synthesize(text, language="en-US"))
+        order.append("call")
+
+    warmer = threading.Thread(target=warm)
+    warmer.start()
+    while not voice._slots.waiting():
+        time.sleep(0.001)
+    caller = threading.Thread(target=call)  # asks for the piece the warm-up is computing
+    caller.start()
+    while voice._slots.waiting() < 2:
+        time.sleep(0.001)
+    voice._slots.release()
+    caller.join(timeout=30)
+    warmer.join(timeout=30)
+    assert order == ["call", "warm-up"]
 
 
 def test_cancel_stops_between_chunks(piper: PiperTts) -> None:

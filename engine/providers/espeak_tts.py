@@ -7,10 +7,9 @@ it comes, resample to 8 kHz, μ-law encode, and yield 100 ms chunks (800 bytes).
 Streaming resampling without clicks: ``engine.audio.resample_pcm16`` is stateless
 and time-aligned (input sample 0 maps to output sample 0). For 22050 -> 8000 the
 ratio is 160/441, so an input block starting at a multiple of 441 samples maps to
-an output block starting at a multiple of 160. Each block is resampled together
-with ``_CONTEXT`` input samples of real audio on both sides (more than the filter's
-half-width) and only its own output samples are kept, which is sample-for-sample the
-whole-utterance result (tests check this). Rejected: reading everything before
+an output block starting at a multiple of 160; ``engine.audio.StreamingResampler``
+resamples each block with real audio on both sides and keeps only its own output
+samples, which is sample-for-sample the whole-utterance result (tests check this). Rejected: reading everything before
 yielding (adds the whole synthesis time to first audio) and resampling blocks
 independently (clicks every 100 ms).
 
@@ -38,7 +37,7 @@ import shutil
 import subprocess
 from typing import Iterator, Mapping
 
-from engine.audio import resample_pcm16, strip_wav_header, ulaw_encode
+from engine.audio import StreamingResampler, strip_wav_header, ulaw_encode
 from engine.business import short_lang
 from engine.messages import CancelToken
 from engine.providers.base import ProviderError
@@ -176,7 +175,7 @@ class EspeakTts:
         head = b""
         pcm = bytearray()
         info: dict = {}
-        resampler: _BlockResampler | None = None
+        resampler: StreamingResampler | None = None
         out = bytearray()
         produced = 0
         while True:
@@ -199,7 +198,7 @@ class EspeakTts:
                     payload, info = head, {}
                 if info and (info.get("format") != 1 or info.get("bits") != 16 or info.get("channels") != 1):
                     raise ProviderError(f"espeak-ng wrote unexpected audio: {info}")
-                resampler = _BlockResampler(int(info.get("rate", 22050)), OUT_RATE)
+                resampler = StreamingResampler(int(info.get("rate", 22050)), OUT_RATE)
                 data = payload
             pcm += data
             usable = len(pcm) - (len(pcm) % 2)
@@ -221,56 +220,3 @@ class EspeakTts:
         if produced == 0:
             err = proc.stderr.read().decode("utf-8", "replace").strip() if proc.stderr else ""
             raise ProviderError(f"espeak-ng produced no audio (exit {rc}): {err or 'no message'}")
-
-
-class _BlockResampler:
-    """Exact streaming over the stateless ``resample_pcm16`` (see the module docstring).
-
-    Feed PCM16 as it arrives; returns the output samples that are final. Output
-    equals ``resample_pcm16(everything, src, dst)`` sample for sample.
-    """
-
-    def __init__(self, src: int, dst: int) -> None:
-        from math import gcd
-
-        g = gcd(src, dst)
-        self._src, self._dst = src, dst
-        self._up, self._down = dst // g, src // g  # output step, input step per block unit
-        unit = self._down
-        self._block = unit * max(1, (src // 10) // unit)  # ~100 ms of input, a multiple of `unit`
-        self._context = unit * max(1, -(-64 // unit))  # ≥ 64 input samples, the filter reach is 47 at 22050->8000
-        self._buf = bytearray()  # input samples from (pos - context) on
-        self._pos = 0  # input samples already emitted
-        self._buf_start = 0  # absolute input index of self._buf[0]
-        self._total = 0
-
-    def feed(self, pcm16: bytes, *, final: bool) -> bytes:
-        self._buf += pcm16
-        self._total += len(pcm16) // 2
-        out = bytearray()
-        while self._total - self._pos >= self._block + self._context:
-            out += self._emit(self._pos + self._block, right_available=True)
-        if final and self._total > self._pos:
-            out += self._emit(self._total, right_available=False)
-        return bytes(out)
-
-    def _emit(self, end: int, *, right_available: bool) -> bytes:
-        ctx = self._context
-        seg_start = self._pos - ctx
-        seg_end = end + ctx if right_available else end
-        lo = max(seg_start, self._buf_start)
-        segment = bytes(self._buf[(lo - self._buf_start) * 2 : (seg_end - self._buf_start) * 2])
-        if lo > seg_start:  # before the first sample: zeros, as the whole-utterance resampler pads
-            segment = b"\x00\x00" * (lo - seg_start) + segment
-        if not right_available:
-            segment += b"\x00\x00" * ctx
-        resampled = resample_pcm16(segment, self._src, self._dst)
-        first = (ctx * self._dst) // self._src
-        n_out = (end * self._dst) // self._src - (self._pos * self._dst) // self._src
-        chunk = resampled[first * 2 : (first + n_out) * 2]
-        self._pos = end
-        keep_from = self._pos - ctx
-        if keep_from > self._buf_start:
-            del self._buf[: (keep_from - self._buf_start) * 2]
-            self._buf_start = keep_from
-        return chunk

@@ -8,30 +8,43 @@ dictionary, espeak-ng per unknown word as a subprocess), and the model is run he
 directly. Input ids follow the voice config's ``phoneme_id_map``: ``^``, then each
 phoneme followed by the pad ``_``, then ``$`` (the layout the voice was trained on).
 
-Audio path: float audio at 22 050 Hz -> PCM16 -> ``engine.audio.resample_pcm16``
-(a Kaiser-windowed sinc low-pass at 94 % of 4 kHz: anti-aliased, not decimated)
--> 8 kHz μ-law, yielded in 100 ms chunks.
+Audio path: float audio at 22 050 Hz -> PCM16 -> ``engine.audio.StreamingResampler``
+(a Kaiser-windowed sinc low-pass at 94 % of 4 kHz: anti-aliased, not decimated; the
+same samples as resampling the whole piece) -> 8 kHz μ-law, yielded as it is ready
+in chunks of at most 100 ms.
 
-Latency: a VITS model synthesizes a whole input at once, so a long sentence is cut
-at clause punctuation into pieces of at least ``min_clause_words`` words (a first
-piece longer than ``first_max_words`` once more, before a conjunction or
-preposition) and spoken piece by piece; the first piece's audio leaves while the
-rest is computed, and first pieces go ahead of later ones in the slot queue. Pieces
-are cached (``cache_bytes``, least recently used out) and computed once when many
-calls ask for the same one together: a business's prompts and answers come back at
-once the second time.
-Each piece is resampled alone; VITS output starts and ends in near-silence at a
-clause boundary, so the seams do not click.
+Latency: the voice is run in three stages (``engine.providers.piper_stages``): the
+prior over the whole piece, then the flow and the vocoder window by window, 16
+frames (186 ms of audio) first and twice as many each time after, up to 128. The
+first 186 ms leave after the prior and one small window, not after the whole piece;
+the audio is the same as the whole graph's. A long sentence is still cut at clause
+punctuation into pieces of at least ``min_clause_words`` words (a first piece longer
+than ``first_max_words`` once more, before a conjunction or preposition), because
+the prior runs over a whole piece before any of it is heard. Pieces are cached
+(``cache_bytes``, least recently used out) and computed once when many calls ask for
+the same one together: a business's prompts and answers come back at once the
+second time.
+
+Scheduling: every stage run waits for one of ``slots`` synthesis slots, and the
+waiting runs are served earliest deadline first. A reply's first run is due when it
+is asked for; each later window is due when the caller will have heard the audio
+sent before it (first audio + seconds sent). So when many calls start speaking
+together, each one's first window comes before anyone's second, and a window whose
+audio is needed sooner goes first. The busier the voice, the larger the window: at
+least 6 frames (70 ms of audio) for every run waiting for a slot when it starts, so
+that a call has audio to play while the runs ahead of its next window are served.
+Measured with ten calls (``bench.voice_bench``): with smaller windows under a burst,
+every reply had gaps of up to 0.8 s after its first 186 ms; with this rule, none.
+Work under ``deferred()`` (the start-up warm-up) waits behind every call's.
 
 Languages the voice does not speak (Hebrew) go to ``fallback`` (the host gives it
 the espeak-ng provider), so a Hebrew business on a host whose voice is ``piper``
 is still answered.
 
-Threads: one ``PiperTts`` per process; one ``InferenceSession`` shared by every
-call (``run`` is thread-safe). ``threads`` sets onnxruntime's intra-op threads per
-synthesis; a process-wide semaphore of ``slots`` bounds concurrent syntheses so
-many calls speaking at once queue instead of thrashing the cores. Cancellation
-is checked between pieces and between chunks.
+Threads: one ``PiperTts`` per process; its sessions are shared by every call
+(``run`` is thread-safe). ``threads`` sets onnxruntime's intra-op threads per run;
+the ``slots`` bound concurrent runs so many calls speaking at once queue instead of
+thrashing the cores. Cancellation is checked between pieces, windows and chunks.
 """
 
 from __future__ import annotations
@@ -40,15 +53,18 @@ import json
 import logging
 import re
 import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
-from engine.audio import resample_pcm16, ulaw_encode
+from engine.audio import StreamingResampler, ulaw_encode
 from engine.business import short_lang
 from engine.messages import CancelToken
 from engine.providers.base import ProviderError, TextToSpeech
+from engine.providers.piper_stages import FLOW_AHEAD, FrameStream, VitsStages
 
 __all__ = ["PiperTts", "default_voice_paths"]
 
@@ -58,6 +74,11 @@ OUT_RATE = 8000
 CHUNK_BYTES = 800  # 100 ms of 8 kHz μ-law
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _CLAUSE = re.compile(r"(?<=[,;:.!?])\s+")
+FIRST_WINDOW_FRAMES = 16  # 186 ms of audio at 22 050 Hz (256 samples a frame)
+WINDOW_GROWTH = 2  # each later window this many times the one before ...
+MAX_WINDOW_FRAMES = 128  # ... up to 1.5 s of audio (a slot is held ~0.1 s)
+FRAMES_PER_WAITER = 6  # a window is at least this many frames (70 ms) for each run waiting behind it
+DEFERRED_S = 1e6  # deferred work is due this much later than any call's
 _BREAK_WORDS = frozenset("and but or so because to for with in at on from about that which who when if".split())
 
 
@@ -98,7 +119,8 @@ def split_clauses(text: str, min_words: int, first_max_words: int = 0) -> list[s
 
 class _AudioCache:
     """Spoken pieces' μ-law audio, least recently used out past ``max_bytes`` (thread-safe),
-    computed once however many calls ask for a piece at the same time.
+    computed once however many calls ask for a piece at the same time (the first to ask
+    computes and streams it; the others wait for the whole piece).
 
     A business repeats itself (prompts, FAQ answers, the frame around a name): a piece
     heard before is sent at once instead of being computed again, and when fifty calls
@@ -111,34 +133,44 @@ class _AudioCache:
 
         self._max = max(0, max_bytes)
         self._items: "OrderedDict[str, bytes]" = OrderedDict()
-        self._inflight: dict[str, threading.Event] = {}
+        self._inflight: dict[str, tuple[threading.Event, bool]] = {}
         self._size = 0
         self._lock = threading.Lock()
         self.hits = 0
 
-    def get_or_compute(self, key: str, compute: Callable[[], bytes]) -> bytes:
+    def begin(self, key: str, *, background: bool = False) -> tuple[bytes | None, bool]:
+        """``(audio, False)`` if ``key`` is cached, waiting while another caller computes it;
+        else ``(None, claimed)``: the caller computes it, then calls ``finish(key, audio,
+        claimed)``. A call does not wait for a ``background`` computation (the warm-up,
+        served behind every call): it computes the piece itself, unclaimed."""
         if not self._max:
-            return compute()
+            return None, False
         while True:
             with self._lock:
                 audio = self._items.get(key)
                 if audio is not None:
                     self._items.move_to_end(key)
                     self.hits += 1
-                    return audio
+                    return audio, False
                 pending = self._inflight.get(key)
                 if pending is None:
-                    pending = self._inflight[key] = threading.Event()
-                    break
-            pending.wait()  # another call is computing this piece; then it is cached (or failed: try)
-        try:
-            audio = compute()
+                    self._inflight[key] = (threading.Event(), background)
+                    return None, True
+                if pending[1] and not background:
+                    return None, False
+            pending[0].wait()  # another call is computing this piece; then it is cached (or failed: try)
+
+    def finish(self, key: str, audio: bytes | None, claimed: bool) -> None:
+        """Cache ``audio`` (``None``: computed only in part, or failed) and end the claim."""
+        if not self._max:
+            return
+        if audio:
             self._put(key, audio)
-            return audio
-        finally:
+        if claimed:
             with self._lock:
-                del self._inflight[key]
-            pending.set()
+                pending = self._inflight.pop(key, None)
+            if pending is not None:
+                pending[0].set()
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -160,29 +192,32 @@ class _AudioCache:
 class _PrioritySlots:
     """A counting semaphore that serves the lowest priority number first (FIFO among equals).
 
-    A reply's first piece waits with priority 0 and its later pieces with 1, so when many
-    calls speak at once every caller hears a first word before anyone's third sentence
-    is computed (the later pieces still arrive ahead of their playback: a piece takes a
-    tenth of its duration to compute)."""
+    The voice waits with a deadline (``time.monotonic()`` seconds) as the priority: the
+    run whose audio a caller needs soonest goes first (see the module docstring)."""
 
     def __init__(self, n: int) -> None:
         self._free = n
         self._cond = threading.Condition()
-        self._waiting: list[tuple[int, int]] = []
+        self._waiting: list[tuple[float, int]] = []
         self._seq = 0
 
-    def acquire(self, priority: int) -> None:
+    def acquire(self, priority: float) -> None:
         import heapq
 
         with self._cond:
             self._seq += 1
-            me = (priority, self._seq)
+            me = (float(priority), self._seq)
             heapq.heappush(self._waiting, me)
             while not (self._free > 0 and self._waiting[0] == me):
                 self._cond.wait()
             heapq.heappop(self._waiting)
             self._free -= 1
             self._cond.notify_all()
+
+    def waiting(self) -> int:
+        """How many are waiting for a slot now."""
+        with self._cond:
+            return len(self._waiting)
 
     def release(self) -> None:
         with self._cond:
@@ -193,8 +228,10 @@ class _PrioritySlots:
 class PiperTts:
     """``TextToSpeech`` over a Piper ONNX voice (English); see the module docstring.
 
-    Construction loads the model (about a second) and the CMU dictionary; it raises
-    ``ProviderError`` for a missing or unreadable model, config or dictionary.
+    Construction loads the model (about a second and a half: it is cut into its stages)
+    and the CMU dictionary; it raises ``ProviderError`` for a missing or unreadable
+    model, config or dictionary. ``stream=False`` (or a voice whose graph cannot be cut)
+    runs each piece through the whole graph at once: the same audio, heard later.
     """
 
     name = "piper"
@@ -213,6 +250,7 @@ class PiperTts:
         fallback: TextToSpeech | None = None,
         chunk_bytes: int = CHUNK_BYTES,
         g2p: object | None = None,
+        stream: bool = True,
     ) -> None:
         if min(threads, slots, min_clause_words, chunk_bytes) < 1 or min(first_max_words, cache_bytes) < 0:
             raise ValueError(
@@ -249,10 +287,19 @@ class PiperTts:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            self._session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+
+            def session(model: Any) -> Any:
+                return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+            self._stages = VitsStages.split(model_path, session) if stream else None
+            self._session = None if self._stages is not None else session(str(model_path))
+        except Exception as exc:  # onnx and onnxruntime raise their own exception types for bad files
             raise ProviderError(f"could not load the Piper voice {model_path}: {exc}") from exc
-        self._inputs = {i.name for i in self._session.get_inputs()}
+        if self._stages is not None:
+            self._inputs = set(self._stages.prior_inputs)
+        else:
+            self._inputs = {i.name for i in self._session.get_inputs()}
+        self._deferred = threading.local()
         if g2p is None:
             from engine.providers.english_g2p import EnglishG2P
 
@@ -268,6 +315,8 @@ class PiperTts:
         self._slots = _PrioritySlots(slots)
         self._cache = _AudioCache(cache_bytes)
         self._first_max = first_max_words
+        self.first_window, self.window_growth, self.max_window = FIRST_WINDOW_FRAMES, WINDOW_GROWTH, MAX_WINDOW_FRAMES
+        self.frames_per_waiter, self.flow_ahead = FRAMES_PER_WAITER, FLOW_AHEAD
 
     def speaks(self, language: str) -> bool:
         """Whether this voice speaks ``language`` (BCP-47) itself (else the fallback does)."""
@@ -286,32 +335,46 @@ class PiperTts:
         ids.append(self._eos)
         return ids
 
-    def synthesize_pcm(self, text: str, *, priority: int = 0) -> np.ndarray:
-        """Blocking: PCM16 samples at the voice's rate (22 050 Hz) for one piece of text;
-        ``priority`` orders the wait for a synthesis slot (0 first)."""
-        ipa = self._g2p.phonemize(text)  # type: ignore[attr-defined]
-        if not ipa.strip():
-            return np.zeros(0, dtype=np.int16)
-        ids = np.array([self.phoneme_ids(ipa)], dtype=np.int64)
-        feeds = {"input": ids, "input_lengths": np.array([ids.shape[1]], dtype=np.int64), "scales": self._scales}
-        if "sid" in self._inputs:
-            feeds["sid"] = np.zeros(1, dtype=np.int64)
-        self._slots.acquire(priority)
+    @property
+    def streams(self) -> bool:
+        """Whether pieces are heard window by window (the voice was cut into its stages)."""
+        return self._stages is not None
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Syntheses on this thread inside the block wait behind every call's (the warm-up)."""
+        before = getattr(self._deferred, "on", False)
+        self._deferred.on = True
         try:
-            audio = self._session.run(None, feeds)[0]
+            yield
+        finally:
+            self._deferred.on = before
+
+    def synthesize_pcm(self, text: str) -> np.ndarray:
+        """Blocking: PCM16 samples at the voice's rate (22 050 Hz) for one piece of text,
+        computed whole (no cache)."""
+        feeds = self._feeds(text)
+        if feeds is None:
+            return np.zeros(0, dtype=np.int16)
+        self._slots.acquire(time.monotonic() + self._offset())
+        try:
+            if self._stages is not None:
+                frames = FrameStream(self._stages, self._stages.prior.run(None, feeds))
+                audio = frames.next_audio(frames.frames)
+            else:
+                audio = self._session.run(None, feeds)[0]
         except Exception as exc:
             raise ProviderError(f"piper: synthesis failed: {exc}") from exc
         finally:
             self._slots.release()
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        return np.clip(audio * 32767.0, -32768, 32767).astype(np.int16)
+        return _pcm16(audio)
 
     def synthesize(
         self, text: str, *, language: str, voice: str = "", cancel: CancelToken | None = None
     ) -> Iterator[bytes]:
-        """Yield 8 kHz μ-law audio for ``text`` in ``chunk_bytes`` chunks. Empty text yields
-        nothing; a language the voice does not speak goes to the fallback (or raises
-        ``ProviderError`` without one). Stops as soon as ``cancel`` is seen set."""
+        """Yield 8 kHz μ-law audio for ``text`` in chunks of at most ``chunk_bytes``. Empty
+        text yields nothing; a language the voice does not speak goes to the fallback (or
+        raises ``ProviderError`` without one). Stops as soon as ``cancel`` is seen set."""
         if not self.speaks(language):
             if self._fallback is None:
                 raise ProviderError(f"the Piper voice speaks {self.language}, not {language!r}, and has no fallback")
@@ -320,28 +383,131 @@ class PiperTts:
         clean = " ".join(_CONTROL.sub(" ", text or "").split())
         if not clean:
             return
-        for n, piece in enumerate(split_clauses(clean, self._min_clause, self._first_max)):
+        clock = _ReplyClock(self._offset())
+        for piece in split_clauses(clean, self._min_clause, self._first_max):
             if cancel is not None and cancel.cancelled:
                 return
-            priority = 0 if n == 0 else 1
-            out = self._cache.get_or_compute(piece, lambda p=piece, q=priority: self._mulaw(p, q))
-            # The piece's tail goes out too: it plays while the next piece is computed.
-            for i in range(0, len(out), self._chunk):
-                if cancel is not None and cancel.cancelled:
-                    return
-                yield out[i : i + self._chunk]
+            cached, claimed = self._cache.begin(piece, background=clock.deferred)
+            if cached is not None:
+                for i in range(0, len(cached), self._chunk):
+                    if cancel is not None and cancel.cancelled:
+                        return
+                    clock.sent(min(self._chunk, len(cached) - i))
+                    yield cached[i : i + self._chunk]
+                continue
+            heard: list[bytes] = []
+            whole = False
+            try:
+                for audio in self._stream_piece(piece, clock, cancel):
+                    heard.append(audio)
+                    for i in range(0, len(audio), self._chunk):
+                        if cancel is not None and cancel.cancelled:
+                            return
+                        clock.sent(min(self._chunk, len(audio) - i))
+                        yield audio[i : i + self._chunk]
+                whole = cancel is None or not cancel.cancelled
+            finally:
+                self._cache.finish(piece, b"".join(heard) if whole else None, claimed)
+            if not whole:
+                return
 
     def cache_stats(self) -> dict[str, int]:
         """The sentence cache: pieces held, their bytes, and the hits so far."""
         return self._cache.stats()
 
-    def _mulaw(self, piece: str, priority: int) -> bytes:
-        pcm = self.synthesize_pcm(piece, priority=priority)
-        if not pcm.size:
-            return b""
-        return ulaw_encode(resample_pcm16(pcm.astype("<i2").tobytes(), self.sample_rate, OUT_RATE))
+    # ------------------------------------------------------------------ internals
+
+    def _offset(self) -> float:
+        return DEFERRED_S if getattr(self._deferred, "on", False) else 0.0
+
+    def _feeds(self, text: str) -> dict[str, np.ndarray] | None:
+        ipa = self._g2p.phonemize(text)  # type: ignore[attr-defined]
+        if not ipa.strip():
+            return None
+        ids = np.array([self.phoneme_ids(ipa)], dtype=np.int64)
+        feeds = {"input": ids, "input_lengths": np.array([ids.shape[1]], dtype=np.int64), "scales": self._scales}
+        if "sid" in self._inputs:
+            feeds["sid"] = np.zeros(1, dtype=np.int64)
+        return feeds
+
+    def _stream_piece(self, piece: str, clock: "_ReplyClock", cancel: CancelToken | None) -> Iterator[bytes]:
+        """μ-law audio of one piece as its windows are computed (whole, once, without stages)."""
+        feeds = self._feeds(piece)
+        if feeds is None:
+            return
+        resampler = StreamingResampler(self.sample_rate, OUT_RATE, block_ms=20)
+        if self._stages is None:
+            yield ulaw_encode(resampler.feed(_pcm16(self._run(clock.due(), self._session.run, feeds)).tobytes(), final=True))
+            return
+        stages = self._stages
+        window = self.first_window
+        frames: FrameStream | None = None
+        while frames is None or not frames.finished:
+            if cancel is not None and cancel.cancelled:
+                return
+            self._slots.acquire(clock.due())
+            try:
+                if frames is None:
+                    frames = FrameStream(stages, stages.prior.run(None, feeds), flow_ahead=self.flow_ahead)
+                # The busier the voice, the longer this call waits for its next window:
+                # leave it more audio to play meanwhile.
+                backlog = self._slots.waiting() * self.frames_per_waiter
+                audio = frames.next_audio(min(self.max_window, max(window, backlog)))
+            except Exception as exc:
+                raise ProviderError(f"piper: synthesis failed: {exc}") from exc
+            finally:
+                self._slots.release()
+            out = resampler.feed(_pcm16(audio).tobytes(), final=frames.finished)
+            if out:
+                yield ulaw_encode(out)
+            window = min(self.window_growth * window, self.max_window)
+
+    def _run(self, due: float, run: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        self._slots.acquire(due)
+        try:
+            return run(None, feeds)[0]
+        except Exception as exc:
+            raise ProviderError(f"piper: synthesis failed: {exc}") from exc
+        finally:
+            self._slots.release()
+
+    def cache_stats(self) -> dict[str, int]:
+        """The sentence cache: pieces held, their bytes, and the hits so far."""
+        return self._cache.stats()
 
     def close(self) -> None:
         close = getattr(self._fallback, "close", None)
         if close is not None:
             close()
+
+
+class _ReplyClock:
+    """When one reply's next synthesis run is due (``time.monotonic()`` seconds, plus
+    ``offset`` for deferred work): when it was asked for, until its first audio is out;
+    then when the caller will have heard everything sent (8 000 μ-law bytes a second)."""
+
+    __slots__ = ("_offset", "_start", "_first", "_bytes")
+
+    @property
+    def deferred(self) -> bool:
+        return self._offset > 0
+
+    def __init__(self, offset: float) -> None:
+        self._offset = offset
+        self._start = time.monotonic()
+        self._first: float | None = None
+        self._bytes = 0
+
+    def sent(self, n: int) -> None:
+        if self._first is None:
+            self._first = time.monotonic()
+        self._bytes += n
+
+    def due(self) -> float:
+        base = self._start if self._first is None else self._first + self._bytes / OUT_RATE
+        return base + self._offset
+
+
+def _pcm16(audio: Any) -> np.ndarray:
+    samples = np.asarray(audio, dtype=np.float32).reshape(-1)
+    return np.clip(samples * 32767.0, -32768, 32767).astype(np.int16)
