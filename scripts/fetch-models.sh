@@ -6,9 +6,13 @@
 # the model file is taken: piper-tts's code (GPL-3) is neither installed nor imported.
 # Without it Hebrew is spoken by raw espeak-ng (a warning at start-up), so a platform
 # without that wheel warns here instead of failing the setup.
+# <VENV>/share/callengine/piper-stages/: the default Piper voice cut into its prior, flow
+# and vocoder (engine/providers/piper_stages.py), so it speaks window by window; a host
+# that finds them missing cuts them itself at start-up (a few seconds).
 set -euo pipefail
 venv="${1:-.venv}"
 dest="$venv/share/callengine"
+"$venv/bin/python" -m engine.providers.piper_stages
 [ -s "$dest/nakdimon.onnx" ] && exit 0
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT

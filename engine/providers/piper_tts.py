@@ -291,7 +291,7 @@ class PiperTts:
             def session(model: Any) -> Any:
                 return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
-            self._stages = VitsStages.split(model_path, session) if stream else None
+            self._stages = VitsStages.load(model_path, session) if stream else None
             self._session = None if self._stages is not None else session(str(model_path))
         except Exception as exc:  # onnx and onnxruntime raise their own exception types for bad files
             raise ProviderError(f"could not load the Piper voice {model_path}: {exc}") from exc
