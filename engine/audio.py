@@ -193,14 +193,15 @@ class StreamingResampler:
     """``resample_pcm16`` over audio that arrives in pieces, exactly.
 
     Feed PCM16 as it arrives; ``feed`` returns the output samples that are final (no
-    later input can change them). The concatenated output equals
+    later input can change them), in whole blocks of input (see below). The concatenated output equals
     ``resample_pcm16(everything, src_rate, dst_rate)`` sample for sample, so there is
     no click at any seam.
 
     How: input blocks start at multiples of ``src/gcd`` samples, whose outputs start
     at multiples of ``dst/gcd`` (sample 0 maps to sample 0); each block is resampled
-    together with at least the filter's half-width of real input on both sides and
-    only its own output samples are kept. ``block_ms`` is the least input emitted at
+    together with at least the filter's half-width of real input on both sides (zeros
+    before the first sample, as the whole-signal resampler pads) and only its own output
+    samples are kept. ``block_ms`` is the least input emitted at
     once (rounded up to a whole block unit, 20 ms at 22050 -> 8000): smaller emits
     sooner, larger resamples in fewer calls.
     """
@@ -214,7 +215,8 @@ class StreamingResampler:
         self._unit = unit
         self._block = unit * max(1, math.ceil(src_rate * block_ms / 1000.0 / unit))
         _, _, taps_half, _, _ = _plan(src_rate, dst_rate)
-        self._context = unit * max(1, math.ceil((taps_half + 1) / unit))
+        self._reach = taps_half + 1  # input samples past an output's position that it depends on
+        self._context = unit * max(1, math.ceil(self._reach / unit))  # left context: whole units
         self._buf = bytearray()  # input samples from (pos - context) on
         self._pos = 0  # input samples whose output has been returned
         self._buf_start = 0  # absolute input index of self._buf[0]
@@ -225,7 +227,7 @@ class StreamingResampler:
         _check_pcm16(pcm16)
         self._buf += pcm16
         self._total += len(pcm16) // 2
-        ready = self._total - self._context - self._pos
+        ready = self._total - self._reach - self._pos
         out = b""
         if ready >= self._block:
             out = self._emit(self._pos + ready - ready % self._unit, right_available=True)
@@ -236,7 +238,7 @@ class StreamingResampler:
     def _emit(self, end: int, *, right_available: bool) -> bytes:
         ctx = self._context
         seg_start = self._pos - ctx
-        seg_end = end + ctx if right_available else end
+        seg_end = min(end + ctx, self._total) if right_available else end
         lo = max(seg_start, self._buf_start)
         segment = bytes(self._buf[(lo - self._buf_start) * 2 : (seg_end - self._buf_start) * 2])
         if lo > seg_start:  # before the first sample: zeros, as the whole-signal resampler pads

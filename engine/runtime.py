@@ -187,10 +187,10 @@ class Runtime:
         rule planner's replies (and an LLM's quoting them) start playing at once
         instead of waiting ~0.1 s of a core per second of speech. Calls are served
         first: the warm-up's synthesis runs wait behind every call's (the voice's
-        ``deferred``), and a sentence no call has needed yet is computed by the call; one
-        the warm-up is computing at that moment is waited for (the cache computes each
-        sentence once), in the first seconds only. ``close`` stops the thread between
-        sentences."""
+        ``deferred``), and a sentence no call has needed yet is computed by the call; a
+        call that needs the sentence the warm-up is computing at that moment hears it as
+        it is computed, at that call's priority (the cache computes each sentence once).
+        ``close`` stops the thread between sentences."""
         jobs = []
         speaks = getattr(self.tts, "speaks", None)
         for biz in self.businesses.values():
@@ -210,7 +210,7 @@ class Runtime:
                 os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
             except OSError:
                 pass
-            started, done = time.monotonic(), 0
+            started = time.monotonic()
             deferred = getattr(self.tts, "deferred", None)  # the Piper voice's: behind every call
             with deferred() if deferred is not None else contextlib.nullcontext():
                 done = speak_all()

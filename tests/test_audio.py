@@ -113,6 +113,7 @@ def test_streaming_resampler_equals_resampling_the_whole_signal(src: int, dst: i
     out.append(resampler.feed(b"", final=True))
     assert b"".join(out) == resample_pcm16(signal, src, dst)
     assert sum(1 for part in out if part) > 3  # it emitted as it went, not only at the end
+    assert StreamingResampler(src, dst, block_ms=block_ms).feed(signal, final=True) == resample_pcm16(signal, src, dst)
 
 
 def _peak_hz(pcm: bytes, rate: int) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def test_window_by_window_is_the_whole_graph(piper: PiperTts) -> None:
     """The flow and vocoder run over windows with context; the audio equals running them whole."""
     stages = piper._stages
     assert piper.streams and stages is not None
-    prior = stages.prior.run(None, piper._feeds(ANSWER))  # its noise is drawn once: both runs share it
+    prior = stages.prior.run(list(stages.flow_inputs), piper._feeds(ANSWER))  # its noise is drawn once: both share it
     whole = FrameStream(stages, prior)
     reference = whole.next_audio(whole.frames)
     windows = FrameStream(stages, prior)
@@ -127,6 +128,26 @@ def test_window_by_window_is_the_whole_graph(piper: PiperTts) -> None:
     streamed = np.concatenate(parts)
     assert streamed.shape == reference.shape and reference.size == 256 * whole.frames
     assert np.max(np.abs(streamed - reference)) * 32767 < 2.0  # below two 16-bit steps
+
+
+def test_the_stages_are_the_uncut_voice(piper: PiperTts) -> None:
+    """Without sampling noise the voice is deterministic: the cut voice, window by window,
+    gives the uncut graph's audio."""
+    import onnxruntime as ort
+
+    model, _ = default_voice_paths()
+    uncut = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    feeds = piper._feeds(ANSWER)
+    feeds["scales"] = np.array([0.0, 1.0, 0.0], dtype=np.float32)  # noise_scale, length_scale, noise_w
+    reference = np.asarray(uncut.run(None, feeds)[0]).reshape(-1)
+    stages = piper._stages
+    windows = FrameStream(stages, stages.prior.run(list(stages.flow_inputs), feeds))
+    parts = []
+    while not windows.finished:
+        parts.append(windows.next_audio(16 if not parts else 128))
+    streamed = np.concatenate(parts)
+    assert streamed.shape == reference.shape
+    assert np.max(np.abs(streamed - reference)) * 32767 < 2.0
 
 
 def test_first_audio_leaves_before_the_piece_is_computed() -> None:
@@ -173,41 +194,74 @@ def test_slots_serve_the_earliest_deadline_first() -> None:
         t = threading.Thread(target=lambda d=due: (slots.acquire(d), served.append(d), slots.release()))
         t.start()
         waiting.append(t)
-        while slots.waiting() < len(waiting):
-            time.sleep(0.001)
+        _until(lambda: slots.waiting() == len(waiting))
     slots.release()
     for t in waiting:
         t.join(timeout=5)
     assert served == [1.0, 2.0, 3.0]
 
 
-def test_warm_up_work_waits_behind_calls_and_never_holds_a_call_up() -> None:
+def _until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_warm_up_waits_behind_calls_until_a_call_follows_it() -> None:
+    """The warm-up's runs are served after every call's; a call asking for the sentence
+    the warm-up is computing hears it as it is computed (one computation), and from then
+    on the warm-up's runs are due by that call's clock, ahead of later calls."""
     voice = PiperTts(slots=1)
-    text = "We fix leaks, boilers and blocked drains."
+    prior_runs = _count_runs(voice._stages.prior)
     voice._slots.acquire(0.0)  # the only slot is busy
-    order: list[str] = []
+    first_audio: dict[str, float] = {}
+    heard: dict[str, bytes] = {}
 
-    def warm() -> None:
-        with voice.deferred():
-            b"".join(voice.synthesize(text, language="en-US"))
-        order.append("warm-up")
+    def speak(name: str, text: str, deferred: bool = False) -> None:
+        with voice.deferred() if deferred else contextlib.nullcontext():
+            chunks = voice.synthesize(text, language="en-US")
+            audio = next(chunks)
+            first_audio[name] = time.monotonic()
+            heard[name] = audio + b"".join(chunks)
 
-    def call() -> None:
-        b"".join(voice.synthesize(text, language="en-US"))
-        order.append("call")
-
-    warmer = threading.Thread(target=warm)
-    warmer.start()
-    while not voice._slots.waiting():
-        time.sleep(0.001)
-    caller = threading.Thread(target=call)  # asks for the piece the warm-up is computing
-    caller.start()
-    while voice._slots.waiting() < 2:
-        time.sleep(0.001)
+    threads = [threading.Thread(target=speak, args=("warm-up", "We fix leaks.", True))]
+    threads[-1].start()
+    _until(lambda: voice._slots.waiting() == 1)
+    threads.append(threading.Thread(target=speak, args=("call", "Boilers too.")))
+    threads[-1].start()
+    _until(lambda: voice._slots.waiting() == 2)
+    threads.append(threading.Thread(target=speak, args=("follower", "We fix leaks.")))
+    threads[-1].start()
+    _until(lambda: voice._cache._inflight["We fix leaks."].followed)
+    threads.append(threading.Thread(target=speak, args=("later call", "Drains as well.")))
+    threads[-1].start()
+    _until(lambda: voice._slots.waiting() == 3)
     voice._slots.release()
-    caller.join(timeout=30)
-    warmer.join(timeout=30)
-    assert order == ["call", "warm-up"]
+    for t in threads:
+        t.join(timeout=30)
+    order = sorted(first_audio, key=first_audio.get)  # type: ignore[arg-type]
+    assert order.index("call") < order.index("follower") < order.index("later call")
+    assert heard["follower"] == heard["warm-up"]
+    assert len(prior_runs) == 3  # three sentences, each computed once
+
+
+def test_a_piece_other_calls_follow_is_finished_for_them_when_its_caller_barges_out() -> None:
+    voice = PiperTts()
+    text = "The technician checks the pipes under the sink"  # two pieces; the first is followed
+    cancel = CancelToken()
+    claimer = voice.synthesize(text, language="en-US", cancel=cancel)
+    next(claimer)  # the first window of the first piece is out
+    piece = next(iter(voice._cache._inflight))
+    got: list[bytes] = []
+    follower = threading.Thread(target=lambda: got.append(b"".join(voice.synthesize(piece, language="en-US"))))
+    follower.start()
+    _until(lambda: voice._cache._inflight[piece].followed)
+    cancel.cancel("barge-in")
+    claimer.close()  # the caller spoke: its TTS actor drops the reply
+    follower.join(timeout=30)
+    assert got and len(got[0]) > 8000 * 0.5  # the whole piece, not the first window
+    assert voice.cache_stats()["pieces"] == 1  # and it is cached whole
 
 
 def test_cancel_stops_between_chunks(piper: PiperTts) -> None:

@@ -10,9 +10,10 @@ The flow and the vocoder are convolutions along time: an output frame depends on
 input frames near it. So after the prior has run once over the whole piece, the flow
 and the vocoder are run over consecutive windows of frames, each with
 ``FLOW_CONTEXT`` / ``VOCODER_CONTEXT`` frames of real input on both sides, keeping
-only the window's own output. The result equals the whole-graph run (the contexts
-were measured on the default voice: beyond 24 and 12 frames the difference is below
-one 16-bit step; tests check it), and the first 16 frames (186 ms) of audio cost
+only the window's own output. The result equals the whole-graph run: the flow's reach
+is 32 frames by construction, and the vocoder's was measured on the default voice
+(beyond 12 frames the difference is below one 16-bit step; a test checks the windows
+against the uncut voice), and the first 16 frames (186 ms) of audio cost
 about half of what a short piece costs whole (~50 ms of a core against ~110 ms). The
 prior's random noise is drawn once per piece, so windows agree with each other.
 
@@ -47,7 +48,7 @@ __all__ = ["FLOW_AHEAD", "FLOW_CONTEXT", "VOCODER_CONTEXT", "FrameStream", "Vits
 
 log = logging.getLogger(__name__)
 
-FLOW_CONTEXT = 24  # frames of z_p each side of a flow window (4 couplings of k=5 WaveNets: ≤ 32 in theory)
+FLOW_CONTEXT = 32  # frames of z_p each side of a flow window: 4 couplings of 4 k=5 WaveNet layers reach 32
 VOCODER_CONTEXT = 12  # frames of z each side of a vocoder window (HiFi-GAN; measured exact at 12)
 FLOW_AHEAD = 64  # after the first window the flow runs this many frames ahead of the vocoder (fewer flow runs)
 
@@ -55,13 +56,31 @@ FLOW_AHEAD = 64  # after the first window the flow runs this many frames ahead o
 STAGES = ("prior", "flow", "vocoder")
 
 
+CUT_FORMAT = 1  # in the directory's name: files cut by another version of this code are not used
+
+
 def stages_dir(model_path: str | Path) -> Path:
     """Where the setup keeps a voice's stage files: ``<sys.prefix>/share/callengine/
-    piper-stages/<voice>-<first 16 hex of its sha256>`` (a changed voice is cut again)."""
+    piper-stages/<voice>-<first 16 hex of its sha256>-v<CUT_FORMAT>`` (a changed voice
+    is cut again)."""
     path = Path(model_path)
     with path.open("rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()[:16]
-    return Path(sys.prefix) / "share" / "callengine" / "piper-stages" / f"{path.stem}-{digest}"
+    return Path(sys.prefix) / "share" / "callengine" / "piper-stages" / f"{path.stem}-{digest}-v{CUT_FORMAT}"
+
+
+def _private_dir(name: str) -> Path | None:
+    """``<tmp>/callengine-<uid>/<name>`` when that directory is this user's alone."""
+    base = Path(tempfile.gettempdir()) / f"callengine-{os.getuid()}"
+    try:
+        base.mkdir(mode=0o700, exist_ok=True)
+        info = base.stat()
+    except OSError:
+        return None
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        log.warning("not using %s for the Piper stages: it is not this user's alone", base)
+        return None
+    return base / name
 
 
 def write_stages(model_path: str | Path, dest: str | Path) -> bool:
@@ -147,31 +166,51 @@ class VitsStages:
     @classmethod
     def load(cls, model_path: str | Path, make_session: Any) -> "VitsStages | None":
         """The voice's stages, ``make_session(path)`` building each session; ``None`` when
-        its graph cannot be cut. The stage files come from the setup
-        (``python -m engine.providers.piper_stages``); if they are missing they are cut
-        now, in a child process (the ``onnx`` graphs of a cut take ~150 MB that a
-        serving process would keep), into the setup's place or, if that is not
-        writable, a per-user directory under the system's temporary one."""
-        places = [stages_dir(model_path)]
-        places.append(Path(tempfile.gettempdir()) / f"callengine-{os.getuid()}" / places[0].name)
-        for place in places:
-            if not (place / "stages.json").is_file():
-                cut = subprocess.run(
-                    [sys.executable, "-m", "engine.providers.piper_stages", str(model_path), str(place)],
-                    capture_output=True, text=True, timeout=300,
-                )
-                if cut.returncode == 3:  # the graph has no stages to cut: no other place will do
-                    return None
-                if cut.returncode != 0:
-                    log.warning("could not cut the Piper voice into %s: %s", place, cut.stderr.strip()[-300:])
-                    continue
-            try:
-                names = json.loads((place / "stages.json").read_text(encoding="utf-8"))
-                sessions = [make_session(str(place / f"{stage}.onnx")) for stage in STAGES]
-                return cls(*sessions, frozenset(names["prior_inputs"]), tuple(names["flow_inputs"]), names["vocoder_input"])
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("unreadable Piper stage files in %s: %s", place, exc)
-        return None
+        they cannot be had (the caller runs the voice whole). The stage files come from
+        the setup (``python -m engine.providers.piper_stages``); if they are missing they
+        are cut now, once, in a child process (the ``onnx`` graphs of a cut take ~150 MB
+        that a serving process would keep), into the setup's place or, if that is not
+        writable, a directory of this user's under the system's temporary one."""
+        setup_place = stages_dir(model_path)
+        private = _private_dir(setup_place.name)
+        places = [p for p in (setup_place, private) if p is not None]
+        ready = next((p for p in places if (p / "stages.json").is_file()), None)
+        if ready is None:
+            ready = next((p for p in places if _writable(p.parent)), None)
+            if ready is None or not _cut_in_child(model_path, ready):
+                return None
+        try:
+            names = json.loads((ready / "stages.json").read_text(encoding="utf-8"))
+            sessions = [make_session(str(ready / f"{stage}.onnx")) for stage in STAGES]
+            return cls(*sessions, frozenset(names["prior_inputs"]), tuple(names["flow_inputs"]), names["vocoder_input"])
+        except Exception as exc:  # a damaged file: onnxruntime raises its own exception types
+            log.warning("unreadable Piper stage files in %s: %s", ready, exc)
+            return None
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
+def _cut_in_child(model_path: str | Path, dest: Path) -> bool:
+    """Run this module in a child process to cut the voice into ``dest``. The child
+    imports nothing of the engine, so it is run by file path, from this package's root."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        cut = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), str(model_path), str(dest)],
+            capture_output=True, text=True, timeout=300, cwd=str(root),
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("could not cut the Piper voice into %s: %s", dest, exc)
+        return False
+    if cut.returncode != 0 and cut.returncode != 3:
+        log.warning("could not cut the Piper voice into %s: %s", dest, cut.stderr.strip()[-300:])
+    return cut.returncode == 0 and (dest / "stages.json").is_file()
 
 
 class FrameStream:

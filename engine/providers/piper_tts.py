@@ -35,7 +35,10 @@ least 6 frames (70 ms of audio) for every run waiting for a slot when it starts,
 that a call has audio to play while the runs ahead of its next window are served.
 Measured with ten calls (``bench.voice_bench``): with smaller windows under a burst,
 every reply had gaps of up to 0.8 s after its first 186 ms; with this rule, none.
-Work under ``deferred()`` (the start-up warm-up) waits behind every call's.
+Work under ``deferred()`` (the start-up warm-up) waits behind every call's, until a
+call asks for the piece it is computing: that call follows the computation (hears each
+window as it comes) and the runs are due by its clock from then on. A piece that other
+calls follow is finished for them even if the call computing it is cancelled.
 
 Languages the voice does not speak (Hebrew) go to ``fallback`` (the host gives it
 the espeak-ng provider), so a Hebrew business on a host whose voice is ``piper``
@@ -56,7 +59,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -117,14 +120,79 @@ def split_clauses(text: str, min_words: int, first_max_words: int = 0) -> list[s
     return pieces
 
 
+class _Flight:
+    """One piece being computed: the audio so far, for the callers following it.
+
+    The claimer ``add``s audio as each window is ready and ``end``s the flight; callers
+    that asked for the same piece meanwhile ``follow`` it and hear each window as soon
+    as the claimer does. The claimer's runs are due by the earliest follower's clock too
+    (``due``): a follower may have started before the claimer's own audio is needed (a
+    warm-up's claim is due only after every call's work)."""
+
+    def __init__(self, background: bool) -> None:
+        self.background = background
+        self._cond = threading.Condition()
+        self._chunks: list[bytes] = []
+        self._bytes = 0
+        self._followed_since: float | None = None
+        self.complete: bool | None = None  # None while computing
+
+    def add(self, audio: bytes) -> None:
+        with self._cond:
+            self._chunks.append(audio)
+            self._bytes += len(audio)
+            self._cond.notify_all()
+
+    def end(self, complete: bool) -> None:
+        with self._cond:
+            self.complete = complete
+            self._cond.notify_all()
+
+    def audio(self) -> bytes:
+        with self._cond:
+            return b"".join(self._chunks)
+
+    @property
+    def followed(self) -> bool:
+        return self._followed_since is not None
+
+    def due(self) -> float | None:
+        """When the earliest follower needs the next window (``None``: nobody follows)."""
+        with self._cond:
+            if self._followed_since is None:
+                return None
+            return self._followed_since + self._bytes / OUT_RATE
+
+    def follow(self, cancel: CancelToken | None) -> Iterator[bytes]:
+        """The piece's audio as it is computed; stops early if ``cancel`` is set or the
+        flight ends incomplete (then ``complete`` is False)."""
+        with self._cond:
+            now = time.monotonic()
+            if self._followed_since is None or now < self._followed_since:
+                self._followed_since = now
+        taken = 0
+        while True:
+            with self._cond:
+                while taken >= len(self._chunks) and self.complete is None:
+                    if cancel is not None and cancel.cancelled:
+                        return
+                    self._cond.wait(0.05)
+                new, taken = self._chunks[taken:], len(self._chunks)
+                done = self.complete is not None
+            for audio in new:
+                yield audio
+            if done and taken >= len(self._chunks):
+                return
+
+
 class _AudioCache:
     """Spoken pieces' μ-law audio, least recently used out past ``max_bytes`` (thread-safe),
-    computed once however many calls ask for a piece at the same time (the first to ask
-    computes and streams it; the others wait for the whole piece).
+    computed once however many calls ask for a piece at the same time: the first to ask
+    computes it, the others follow its ``_Flight`` and hear each window as it comes.
 
     A business repeats itself (prompts, FAQ answers, the frame around a name): a piece
     heard before is sent at once instead of being computed again, and when fifty calls
-    start the same reply together, one computes each piece while the others wait for it
+    start the same reply together, one computes each piece while the others follow it
     (single flight) instead of fifty syntheses of one sentence fighting for the cores.
     0 bytes disables it (every piece computed by its caller)."""
 
@@ -133,44 +201,38 @@ class _AudioCache:
 
         self._max = max(0, max_bytes)
         self._items: "OrderedDict[str, bytes]" = OrderedDict()
-        self._inflight: dict[str, tuple[threading.Event, bool]] = {}
+        self._inflight: dict[str, _Flight] = {}
         self._size = 0
         self._lock = threading.Lock()
         self.hits = 0
 
-    def begin(self, key: str, *, background: bool = False) -> tuple[bytes | None, bool]:
-        """``(audio, False)`` if ``key`` is cached, waiting while another caller computes it;
-        else ``(None, claimed)``: the caller computes it, then calls ``finish(key, audio,
-        claimed)``. A call does not wait for a ``background`` computation (the warm-up,
-        served behind every call): it computes the piece itself, unclaimed."""
+    def begin(self, key: str, *, background: bool = False) -> tuple[bytes | None, _Flight | None, bool]:
+        """``(audio, None, False)`` if ``key`` is cached; ``(None, flight, False)`` if another
+        caller is computing it (follow the flight); else ``(None, flight, True)``: the
+        caller computes it, ``add``ing to the flight, then calls ``finish``. With the
+        cache off: ``(None, None, False)``, compute it alone."""
         if not self._max:
-            return None, False
-        while True:
-            with self._lock:
-                audio = self._items.get(key)
-                if audio is not None:
-                    self._items.move_to_end(key)
-                    self.hits += 1
-                    return audio, False
-                pending = self._inflight.get(key)
-                if pending is None:
-                    self._inflight[key] = (threading.Event(), background)
-                    return None, True
-                if pending[1] and not background:
-                    return None, False
-            pending[0].wait()  # another call is computing this piece; then it is cached (or failed: try)
+            return None, None, False
+        with self._lock:
+            audio = self._items.get(key)
+            if audio is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return audio, None, False
+            flight = self._inflight.get(key)
+            if flight is not None:
+                return None, flight, False
+            flight = self._inflight[key] = _Flight(background)
+            return None, flight, True
 
-    def finish(self, key: str, audio: bytes | None, claimed: bool) -> None:
-        """Cache ``audio`` (``None``: computed only in part, or failed) and end the claim."""
-        if not self._max:
-            return
-        if audio:
-            self._put(key, audio)
-        if claimed:
-            with self._lock:
-                pending = self._inflight.pop(key, None)
-            if pending is not None:
-                pending[0].set()
+    def finish(self, key: str, flight: _Flight, complete: bool) -> None:
+        """End the claim on ``key``: cache its audio if ``complete``, wake the followers."""
+        if complete:
+            self._put(key, flight.audio())
+        with self._lock:
+            if self._inflight.get(key) is flight:
+                del self._inflight[key]
+        flight.end(complete)
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -190,29 +252,38 @@ class _AudioCache:
 
 
 class _PrioritySlots:
-    """A counting semaphore that serves the lowest priority number first (FIFO among equals).
+    """A counting semaphore that serves the waiter with the lowest priority first (FIFO
+    among equals).
 
     The voice waits with a deadline (``time.monotonic()`` seconds) as the priority: the
-    run whose audio a caller needs soonest goes first (see the module docstring)."""
+    run whose audio a caller needs soonest goes first (see the module docstring). A
+    priority may be a function, asked again each time a slot is handed out: a run's
+    deadline can come closer while it waits (a call starts following the warm-up's
+    sentence). The holder of a freed slot is chosen once per release, so a release costs
+    one pass over the waiters."""
 
     def __init__(self, n: int) -> None:
         self._free = n
         self._cond = threading.Condition()
-        self._waiting: list[tuple[float, int]] = []
+        self._waiting: list[tuple[float | Callable[[], float], int]] = []
+        self._chosen: tuple[float | Callable[[], float], int] | None = None
         self._seq = 0
 
-    def acquire(self, priority: float) -> None:
-        import heapq
-
+    def acquire(self, priority: float | Callable[[], float]) -> None:
         with self._cond:
             self._seq += 1
-            me = (float(priority), self._seq)
-            heapq.heappush(self._waiting, me)
-            while not (self._free > 0 and self._waiting[0] == me):
+            me = (priority, self._seq)
+            self._waiting.append(me)
+            if self._free > 0:
+                self._choose()
+            while self._chosen is not me:
                 self._cond.wait()
-            heapq.heappop(self._waiting)
+            self._waiting.remove(me)
             self._free -= 1
-            self._cond.notify_all()
+            self._chosen = None
+            if self._free > 0 and self._waiting:
+                self._choose()
+                self._cond.notify_all()
 
     def waiting(self) -> int:
         """How many are waiting for a slot now."""
@@ -222,14 +293,22 @@ class _PrioritySlots:
     def release(self) -> None:
         with self._cond:
             self._free += 1
+            self._choose()
             self._cond.notify_all()
+
+    def _choose(self) -> None:
+        def key(waiter: tuple[float | Callable[[], float], int]) -> tuple[float, int]:
+            priority, seq = waiter
+            return (priority() if callable(priority) else float(priority), seq)
+
+        self._chosen = min(self._waiting, key=key) if self._waiting else None
 
 
 class PiperTts:
     """``TextToSpeech`` over a Piper ONNX voice (English); see the module docstring.
 
-    Construction loads the model (about a second and a half: it is cut into its stages)
-    and the CMU dictionary; it raises ``ProviderError`` for a missing or unreadable
+    Construction loads the voice's stage files (cutting them first, a few seconds, if
+    the setup has not) and the CMU dictionary; it raises ``ProviderError`` for a missing or unreadable
     model, config or dictionary. ``stream=False`` (or a voice whose graph cannot be cut)
     runs each piece through the whole graph at once: the same audio, heard later.
     """
@@ -359,7 +438,7 @@ class PiperTts:
         self._slots.acquire(time.monotonic() + self._offset())
         try:
             if self._stages is not None:
-                frames = FrameStream(self._stages, self._stages.prior.run(None, feeds))
+                frames = FrameStream(self._stages, self._stages.prior.run(list(self._stages.flow_inputs), feeds))
                 audio = frames.next_audio(frames.frames)
             else:
                 audio = self._session.run(None, feeds)[0]
@@ -387,7 +466,22 @@ class PiperTts:
         for piece in split_clauses(clean, self._min_clause, self._first_max):
             if cancel is not None and cancel.cancelled:
                 return
-            cached, claimed = self._cache.begin(piece, background=clock.deferred)
+            cached, flight, claimed = self._cache.begin(piece, background=clock.deferred)
+            if flight is not None and not claimed:
+                # Another call is computing this piece: hear it as it comes.
+                heard = 0
+                for audio in flight.follow(cancel):
+                    for i in range(0, len(audio), self._chunk):
+                        if cancel is not None and cancel.cancelled:
+                            return
+                        clock.sent(min(self._chunk, len(audio) - i))
+                        heard += 1
+                        yield audio[i : i + self._chunk]
+                if flight.complete:
+                    continue
+                if heard:  # the computing call failed midway: the rest of this piece is lost
+                    continue
+                cached, flight, claimed = self._cache.begin(piece, background=clock.deferred)
             if cached is not None:
                 for i in range(0, len(cached), self._chunk):
                     if cancel is not None and cancel.cancelled:
@@ -395,20 +489,7 @@ class PiperTts:
                     clock.sent(min(self._chunk, len(cached) - i))
                     yield cached[i : i + self._chunk]
                 continue
-            heard: list[bytes] = []
-            whole = False
-            try:
-                for audio in self._stream_piece(piece, clock, cancel):
-                    heard.append(audio)
-                    for i in range(0, len(audio), self._chunk):
-                        if cancel is not None and cancel.cancelled:
-                            return
-                        clock.sent(min(self._chunk, len(audio) - i))
-                        yield audio[i : i + self._chunk]
-                whole = cancel is None or not cancel.cancelled
-            finally:
-                self._cache.finish(piece, b"".join(heard) if whole else None, claimed)
-            if not whole:
+            if not (yield from self._speak_piece(piece, clock, flight if claimed else None, cancel)):
                 return
 
     def cache_stats(self) -> dict[str, int]:
@@ -430,25 +511,64 @@ class PiperTts:
             feeds["sid"] = np.zeros(1, dtype=np.int64)
         return feeds
 
-    def _stream_piece(self, piece: str, clock: "_ReplyClock", cancel: CancelToken | None) -> Iterator[bytes]:
-        """μ-law audio of one piece as its windows are computed (whole, once, without stages)."""
+    def _speak_piece(
+        self, piece: str, clock: "_ReplyClock", flight: _Flight | None, cancel: CancelToken | None
+    ) -> Iterator[bytes]:
+        """Compute one piece and yield it in chunks; with a ``flight`` (this call claimed
+        the piece), feed it too, and cache the piece once whole. Returns whether the piece
+        was spoken whole. Cancelled (or closed) while other calls follow the flight, the
+        piece is still computed to its end for them (on this thread, without yielding)."""
+        done: list[bool] = []
+        stopped = lambda: cancel is not None and cancel.cancelled and not (flight and flight.followed)  # noqa: E731
+        clock.flight = flight
+        producer = self._stream_piece(piece, clock, stopped, done)
+        try:
+            for audio in producer:
+                if flight is not None:
+                    flight.add(audio)
+                for i in range(0, len(audio), self._chunk):
+                    if cancel is not None and cancel.cancelled:
+                        return False
+                    clock.sent(min(self._chunk, len(audio) - i))
+                    yield audio[i : i + self._chunk]
+            return bool(done)
+        finally:
+            if flight is not None:
+                if not done and flight.followed:
+                    clock.hurry()
+                    try:
+                        for audio in producer:
+                            flight.add(audio)
+                    except Exception:  # the followers hear the failure as an incomplete piece
+                        log.warning("piper: could not finish a piece other calls follow", exc_info=True)
+                self._cache.finish(piece, flight, bool(done))
+            clock.flight = None
+
+    def _stream_piece(
+        self, piece: str, clock: "_ReplyClock", stopped: Any, done: list[bool]
+    ) -> Iterator[bytes]:
+        """μ-law audio of one piece as its windows are computed (whole, once, without
+        stages); appends to ``done`` when the last sample is out; stops when ``stopped()``."""
         feeds = self._feeds(piece)
         if feeds is None:
+            done.append(True)
             return
         resampler = StreamingResampler(self.sample_rate, OUT_RATE, block_ms=20)
         if self._stages is None:
-            yield ulaw_encode(resampler.feed(_pcm16(self._run(clock.due(), self._session.run, feeds)).tobytes(), final=True))
+            yield ulaw_encode(resampler.feed(_pcm16(self._run(clock.due, self._session.run, feeds)).tobytes(), final=True))
+            done.append(True)
             return
         stages = self._stages
         window = self.first_window
         frames: FrameStream | None = None
         while frames is None or not frames.finished:
-            if cancel is not None and cancel.cancelled:
+            if stopped():
                 return
-            self._slots.acquire(clock.due())
+            self._slots.acquire(clock.due)
             try:
                 if frames is None:
-                    frames = FrameStream(stages, stages.prior.run(None, feeds), flow_ahead=self.flow_ahead)
+                    prior = stages.prior.run(list(stages.flow_inputs), feeds)
+                    frames = FrameStream(stages, prior, flow_ahead=self.flow_ahead)
                 # The busier the voice, the longer this call waits for its next window:
                 # leave it more audio to play meanwhile.
                 backlog = self._slots.waiting() * self.frames_per_waiter
@@ -461,8 +581,9 @@ class PiperTts:
             if out:
                 yield ulaw_encode(out)
             window = min(self.window_growth * window, self.max_window)
+        done.append(True)
 
-    def _run(self, due: float, run: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def _run(self, due: Callable[[], float], run: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
         self._slots.acquire(due)
         try:
             return run(None, feeds)[0]
@@ -470,10 +591,6 @@ class PiperTts:
             raise ProviderError(f"piper: synthesis failed: {exc}") from exc
         finally:
             self._slots.release()
-
-    def cache_stats(self) -> dict[str, int]:
-        """The sentence cache: pieces held, their bytes, and the hits so far."""
-        return self._cache.stats()
 
     def close(self) -> None:
         close = getattr(self._fallback, "close", None)
@@ -484,28 +601,39 @@ class PiperTts:
 class _ReplyClock:
     """When one reply's next synthesis run is due (``time.monotonic()`` seconds, plus
     ``offset`` for deferred work): when it was asked for, until its first audio is out;
-    then when the caller will have heard everything sent (8 000 μ-law bytes a second)."""
+    then when the caller will have heard everything sent (8 000 μ-law bytes a second).
+    While the reply computes a piece that other calls follow (``flight``), the earliest
+    of its own and their deadlines; after ``hurry``, at once."""
 
-    __slots__ = ("_offset", "_start", "_first", "_bytes")
-
-    @property
-    def deferred(self) -> bool:
-        return self._offset > 0
+    __slots__ = ("_offset", "_start", "_first", "_bytes", "flight", "_hurry")
 
     def __init__(self, offset: float) -> None:
         self._offset = offset
         self._start = time.monotonic()
         self._first: float | None = None
         self._bytes = 0
+        self.flight: _Flight | None = None
+        self._hurry = False
+
+    @property
+    def deferred(self) -> bool:
+        return self._offset > 0
 
     def sent(self, n: int) -> None:
         if self._first is None:
             self._first = time.monotonic()
         self._bytes += n
 
+    def hurry(self) -> None:
+        self._hurry = True
+
     def due(self) -> float:
+        if self._hurry:
+            return time.monotonic()
         base = self._start if self._first is None else self._first + self._bytes / OUT_RATE
-        return base + self._offset
+        due = base + self._offset
+        followers = self.flight.due() if self.flight is not None else None
+        return due if followers is None else min(due, followers)
 
 
 def _pcm16(audio: Any) -> np.ndarray:
