@@ -163,13 +163,16 @@ class _Flight:
                 return None
             return self._followed_since + self._bytes / OUT_RATE
 
-    def follow(self, cancel: CancelToken | None) -> Iterator[bytes]:
-        """The piece's audio as it is computed; stops early if ``cancel`` is set or the
-        flight ends incomplete (then ``complete`` is False)."""
+    def join(self) -> None:
+        """A caller will follow this flight (``_AudioCache.begin`` calls it under the cache's
+        lock, so the claimer's ``drop_if_unfollowed`` sees every follower)."""
         with self._cond:
-            now = time.monotonic()
-            if self._followed_since is None or now < self._followed_since:
-                self._followed_since = now
+            if self._followed_since is None:
+                self._followed_since = time.monotonic()
+
+    def follow(self, cancel: CancelToken | None) -> Iterator[bytes]:
+        """The piece's audio as it is computed (after ``join``); stops early if ``cancel``
+        is set or the flight ends incomplete (then ``complete`` is False)."""
         taken = 0
         while True:
             with self._cond:
@@ -221,9 +224,23 @@ class _AudioCache:
                 return audio, None, False
             flight = self._inflight.get(key)
             if flight is not None:
+                flight.join()
                 return None, flight, False
             flight = self._inflight[key] = _Flight(background)
             return None, flight, True
+
+    def drop_if_unfollowed(self, key: str, flight: _Flight | None) -> bool:
+        """Give up ``key``'s claim if nobody follows it (True); False if someone does (the
+        claimer finishes the piece for them). Atomic with ``begin``: a caller either
+        follows the flight or, once it is dropped, claims the piece anew."""
+        if flight is None:
+            return True
+        with self._lock:
+            if flight.followed:
+                return False
+            if self._inflight.get(key) is flight:
+                del self._inflight[key]
+            return True
 
     def finish(self, key: str, flight: _Flight, complete: bool) -> None:
         """End the claim on ``key``: cache its audio if ``complete``, wake the followers."""
@@ -519,7 +536,9 @@ class PiperTts:
         was spoken whole. Cancelled (or closed) while other calls follow the flight, the
         piece is still computed to its end for them (on this thread, without yielding)."""
         done: list[bool] = []
-        stopped = lambda: cancel is not None and cancel.cancelled and not (flight and flight.followed)  # noqa: E731
+        def stopped() -> bool:
+            return cancel is not None and cancel.cancelled and self._cache.drop_if_unfollowed(piece, flight)
+
         clock.flight = flight
         producer = self._stream_piece(piece, clock, stopped, done)
         try:
@@ -534,7 +553,7 @@ class PiperTts:
             return bool(done)
         finally:
             if flight is not None:
-                if not done and flight.followed:
+                if not done and not self._cache.drop_if_unfollowed(piece, flight):
                     clock.hurry()
                     try:
                         for audio in producer:
