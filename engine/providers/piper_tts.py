@@ -25,8 +25,8 @@ the prior runs over a whole piece before any of it is heard. Pieces are cached
 the same one together: a business's prompts and answers come back at once the
 second time.
 
-Scheduling: every stage run waits for one of ``slots`` synthesis slots, and the
-waiting runs are served earliest deadline first. A reply's first run is due when it
+Scheduling: each window's runs (the first window's with the prior) take one of
+``slots`` synthesis slots, and the waiting windows are served earliest deadline first. A reply's first run is due when it
 is asked for; each later window is due when the caller will have heard the audio
 sent before it (first audio + seconds sent). So when many calls start speaking
 together, each one's first window comes before anyone's second, and a window whose
@@ -129,8 +129,7 @@ class _Flight:
     (``due``): a follower may have started before the claimer's own audio is needed (a
     warm-up's claim is due only after every call's work)."""
 
-    def __init__(self, background: bool) -> None:
-        self.background = background
+    def __init__(self) -> None:
         self._cond = threading.Condition()
         self._chunks: list[bytes] = []
         self._bytes = 0
@@ -209,7 +208,7 @@ class _AudioCache:
         self._lock = threading.Lock()
         self.hits = 0
 
-    def begin(self, key: str, *, background: bool = False) -> tuple[bytes | None, _Flight | None, bool]:
+    def begin(self, key: str) -> tuple[bytes | None, _Flight | None, bool]:
         """``(audio, None, False)`` if ``key`` is cached; ``(None, flight, False)`` if another
         caller is computing it (follow the flight); else ``(None, flight, True)``: the
         caller computes it, ``add``ing to the flight, then calls ``finish``. With the
@@ -226,7 +225,7 @@ class _AudioCache:
             if flight is not None:
                 flight.join()
                 return None, flight, False
-            flight = self._inflight[key] = _Flight(background)
+            flight = self._inflight[key] = _Flight()
             return None, flight, True
 
     def drop_if_unfollowed(self, key: str, flight: _Flight | None) -> bool:
@@ -325,8 +324,8 @@ class PiperTts:
     """``TextToSpeech`` over a Piper ONNX voice (English); see the module docstring.
 
     Construction loads the voice's stage files (cutting them first, a few seconds, if
-    the setup has not) and the CMU dictionary; it raises ``ProviderError`` for a missing or unreadable
-    model, config or dictionary. ``stream=False`` (or a voice whose graph cannot be cut)
+    the setup has not) and the CMU dictionary; it raises ``ProviderError`` for a
+    missing or unreadable model, config or dictionary. ``stream=False`` (or a voice whose graph cannot be cut)
     runs each piece through the whole graph at once: the same audio, heard later.
     """
 
@@ -446,25 +445,6 @@ class PiperTts:
         finally:
             self._deferred.on = before
 
-    def synthesize_pcm(self, text: str) -> np.ndarray:
-        """Blocking: PCM16 samples at the voice's rate (22 050 Hz) for one piece of text,
-        computed whole (no cache)."""
-        feeds = self._feeds(text)
-        if feeds is None:
-            return np.zeros(0, dtype=np.int16)
-        self._slots.acquire(time.monotonic() + self._offset())
-        try:
-            if self._stages is not None:
-                frames = FrameStream(self._stages, self._stages.prior.run(list(self._stages.flow_inputs), feeds))
-                audio = frames.next_audio(frames.frames)
-            else:
-                audio = self._session.run(None, feeds)[0]
-        except Exception as exc:
-            raise ProviderError(f"piper: synthesis failed: {exc}") from exc
-        finally:
-            self._slots.release()
-        return _pcm16(audio)
-
     def synthesize(
         self, text: str, *, language: str, voice: str = "", cancel: CancelToken | None = None
     ) -> Iterator[bytes]:
@@ -483,28 +463,20 @@ class PiperTts:
         for piece in split_clauses(clean, self._min_clause, self._first_max):
             if cancel is not None and cancel.cancelled:
                 return
-            cached, flight, claimed = self._cache.begin(piece, background=clock.deferred)
+            cached, flight, claimed = self._cache.begin(piece)
             if flight is not None and not claimed:
                 # Another call is computing this piece: hear it as it comes.
-                heard = 0
+                heard = False
                 for audio in flight.follow(cancel):
-                    for i in range(0, len(audio), self._chunk):
-                        if cancel is not None and cancel.cancelled:
-                            return
-                        clock.sent(min(self._chunk, len(audio) - i))
-                        heard += 1
-                        yield audio[i : i + self._chunk]
-                if flight.complete:
-                    continue
-                if heard:  # the computing call failed midway: the rest of this piece is lost
-                    continue
-                cached, flight, claimed = self._cache.begin(piece, background=clock.deferred)
-            if cached is not None:
-                for i in range(0, len(cached), self._chunk):
-                    if cancel is not None and cancel.cancelled:
+                    heard = True
+                    if not (yield from self._chunks(audio, clock, cancel)):
                         return
-                    clock.sent(min(self._chunk, len(cached) - i))
-                    yield cached[i : i + self._chunk]
+                if flight.complete or heard:  # heard in part: the computing call failed midway
+                    continue
+                cached, flight, claimed = self._cache.begin(piece)
+            if cached is not None:
+                if not (yield from self._chunks(cached, clock, cancel)):
+                    return
                 continue
             if not (yield from self._speak_piece(piece, clock, flight if claimed else None, cancel)):
                 return
@@ -517,6 +489,16 @@ class PiperTts:
 
     def _offset(self) -> float:
         return DEFERRED_S if getattr(self._deferred, "on", False) else 0.0
+
+    def _chunks(self, audio: bytes, clock: "_ReplyClock", cancel: CancelToken | None) -> Iterator[bytes]:
+        """Yield ``audio`` in ``chunk_bytes`` chunks, counting them on the reply's clock;
+        returns False if ``cancel`` was set before the last one."""
+        for i in range(0, len(audio), self._chunk):
+            if cancel is not None and cancel.cancelled:
+                return False
+            clock.sent(min(self._chunk, len(audio) - i))
+            yield audio[i : i + self._chunk]
+        return True
 
     def _feeds(self, text: str) -> dict[str, np.ndarray] | None:
         ipa = self._g2p.phonemize(text)  # type: ignore[attr-defined]
@@ -536,6 +518,7 @@ class PiperTts:
         was spoken whole. Cancelled (or closed) while other calls follow the flight, the
         piece is still computed to its end for them (on this thread, without yielding)."""
         done: list[bool] = []
+
         def stopped() -> bool:
             return cancel is not None and cancel.cancelled and self._cache.drop_if_unfollowed(piece, flight)
 
@@ -545,11 +528,8 @@ class PiperTts:
             for audio in producer:
                 if flight is not None:
                     flight.add(audio)
-                for i in range(0, len(audio), self._chunk):
-                    if cancel is not None and cancel.cancelled:
-                        return False
-                    clock.sent(min(self._chunk, len(audio) - i))
-                    yield audio[i : i + self._chunk]
+                if not (yield from self._chunks(audio, clock, cancel)):
+                    return False
             return bool(done)
         finally:
             if flight is not None:
@@ -564,52 +544,45 @@ class PiperTts:
             clock.flight = None
 
     def _stream_piece(
-        self, piece: str, clock: "_ReplyClock", stopped: Any, done: list[bool]
+        self, piece: str, clock: "_ReplyClock", stopped: Callable[[], bool], done: list[bool]
     ) -> Iterator[bytes]:
-        """μ-law audio of one piece as its windows are computed (whole, once, without
-        stages); appends to ``done`` when the last sample is out; stops when ``stopped()``."""
+        """μ-law audio of one piece as its windows are computed (the whole piece in one run
+        without stages); appends to ``done`` when the last sample is out; stops when
+        ``stopped()``."""
         feeds = self._feeds(piece)
         if feeds is None:
             done.append(True)
             return
         resampler = StreamingResampler(self.sample_rate, OUT_RATE, block_ms=20)
-        if self._stages is None:
-            yield ulaw_encode(resampler.feed(_pcm16(self._run(clock.due, self._session.run, feeds)).tobytes(), final=True))
-            done.append(True)
-            return
         stages = self._stages
         window = self.first_window
         frames: FrameStream | None = None
-        while frames is None or not frames.finished:
+        finished = False
+        while not finished:
             if stopped():
                 return
             self._slots.acquire(clock.due)
             try:
-                if frames is None:
-                    prior = stages.prior.run(list(stages.flow_inputs), feeds)
-                    frames = FrameStream(stages, prior, flow_ahead=self.flow_ahead)
-                # The busier the voice, the longer this call waits for its next window:
-                # leave it more audio to play meanwhile.
-                backlog = self._slots.waiting() * self.frames_per_waiter
-                audio = frames.next_audio(min(self.max_window, max(window, backlog)))
+                if stages is None:
+                    audio, finished = self._session.run(None, feeds)[0], True
+                else:
+                    if frames is None:
+                        prior = stages.prior.run(list(stages.flow_inputs), feeds)
+                        frames = FrameStream(stages, prior, flow_ahead=self.flow_ahead)
+                    # The busier the voice, the longer this call waits for its next window:
+                    # leave it more audio to play meanwhile.
+                    backlog = self._slots.waiting() * self.frames_per_waiter
+                    audio = frames.next_audio(min(self.max_window, max(window, backlog)))
+                    finished = frames.finished
             except Exception as exc:
                 raise ProviderError(f"piper: synthesis failed: {exc}") from exc
             finally:
                 self._slots.release()
-            out = resampler.feed(_pcm16(audio).tobytes(), final=frames.finished)
+            out = resampler.feed(_pcm16(audio).tobytes(), final=finished)
             if out:
                 yield ulaw_encode(out)
             window = min(self.window_growth * window, self.max_window)
         done.append(True)
-
-    def _run(self, due: Callable[[], float], run: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        self._slots.acquire(due)
-        try:
-            return run(None, feeds)[0]
-        except Exception as exc:
-            raise ProviderError(f"piper: synthesis failed: {exc}") from exc
-        finally:
-            self._slots.release()
 
     def close(self) -> None:
         close = getattr(self._fallback, "close", None)
@@ -633,10 +606,6 @@ class _ReplyClock:
         self._bytes = 0
         self.flight: _Flight | None = None
         self._hurry = False
-
-    @property
-    def deferred(self) -> bool:
-        return self._offset > 0
 
     def sent(self, n: int) -> None:
         if self._first is None:
