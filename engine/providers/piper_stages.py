@@ -51,11 +51,7 @@ log = logging.getLogger(__name__)
 FLOW_CONTEXT = 32  # frames of z_p each side of a flow window: 4 couplings of 4 k=5 WaveNet layers reach 32
 VOCODER_CONTEXT = 12  # frames of z each side of a vocoder window (HiFi-GAN; measured exact at 12)
 FLOW_AHEAD = 64  # after the first window the flow runs this many frames ahead of the vocoder (fewer flow runs)
-
-
 STAGES = ("prior", "flow", "vocoder")
-
-
 CUT_FORMAT = 1  # in the directory's name: files cut by another version of this code are not used
 
 
@@ -218,8 +214,9 @@ class FrameStream:
     docstring). Not thread-safe: one per synthesis.
 
     ``prior_out`` is the prior's ``(z_p, mask)``; ``next_audio(frames)`` returns float
-    audio for the next ``frames`` frames (fewer at the end) and computes only what
-    that needs.
+    audio for the next ``frames`` frames (fewer at the end). The first call runs the
+    flow only as far as its window needs; later ones run it ``flow_ahead`` frames
+    further, so its context is paid for less often.
     """
 
     def __init__(self, stages: VitsStages, prior_out: list[np.ndarray], *, flow_ahead: int = FLOW_AHEAD) -> None:
@@ -249,8 +246,6 @@ class FrameStream:
         return audio[(s - lo) * hop : (e - lo) * hop]
 
     def _extend_z(self, need: int) -> None:
-        # The first window asks for no more than it needs (first audio); later ones run
-        # ahead, so the flow's context is paid for less often.
         have = self._have
         if have:
             need = min(self.frames, need + self._ahead)
