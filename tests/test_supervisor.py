@@ -405,18 +405,20 @@ def healthy_from_the_probe(log: "Log", primaries: list[int]) -> Callable[[Any], 
     return primary
 
 
+def probe_supervisor(
+    log: "Log", primaries: list[int], fallback: Callable[[Any], TrioActor] | None = None, **spec: Any
+) -> Supervisor:
+    """A call's supervisor whose STT primary is ``healthy_from_the_probe`` (probe every
+    30 s, held 5 s unless ``spec`` says otherwise); the fallback is recorded as "fallback"."""
+    primary = healthy_from_the_probe(log, primaries)
+    fallback = fallback or (lambda ctx: Recorded(log, "fallback"))
+    return Supervisor("call", [stt_spec(primary, fallback, **spec)], intensity=10, period=10.0)
+
+
 async def test_probe_that_holds_returns_to_primary(autojump_clock: Any) -> None:
     log = Log()
     primaries = [0]
-
-    primary = healthy_from_the_probe(log, primaries)
-
-    sup = Supervisor(
-        "call",
-        [stt_spec(primary, lambda ctx: Recorded(log, "fallback"), probe_interval=30.0, probe_hold=5.0)],
-        intensity=10,
-        period=10.0,
-    )
+    sup = probe_supervisor(log, primaries)
     async with trio.open_nursery() as n:
         await n.start(run_root, sup)
         await trio.sleep(10)
@@ -443,16 +445,7 @@ async def test_a_probe_waits_until_probe_when_allows_it(autojump_clock: Any) -> 
     log = Log()
     primaries = [0]
     speaking = [True]
-
-    primary = healthy_from_the_probe(log, primaries)
-
-    sup = Supervisor(
-        "call",
-        [stt_spec(primary, lambda ctx: Recorded(log, "fallback"), probe_interval=30.0,
-                  probe_when=lambda: not speaking[0])],
-        intensity=10,
-        period=10.0,
-    )
+    sup = probe_supervisor(log, primaries, probe_when=lambda: not speaking[0])
     async with trio.open_nursery() as n:
         await n.start(run_root, sup)
         await trio.sleep(10)
@@ -505,19 +498,12 @@ async def test_probe_due_while_fallback_backs_off_is_not_lost(autojump_clock: An
     log = Log()
     primaries, fallbacks = [0], [0]
 
-    primary = healthy_from_the_probe(log, primaries)
-
     def fallback(ctx: Any) -> TrioActor:
         fallbacks[0] += 1
         # The first fallback dies 29.9 s in; its restart backs off over the probe time.
         return Recorded(log, "fallback", fail_after=29.9 if fallbacks[0] == 1 else None)
 
-    sup = Supervisor(
-        "call",
-        [stt_spec(primary, fallback, probe_interval=30.0, probe_hold=5.0)],
-        intensity=10,
-        period=10.0,
-    )
+    sup = probe_supervisor(log, primaries, fallback)
     async with trio.open_nursery() as n:
         await n.start(run_root, sup)
         await trio.sleep(200)
