@@ -101,7 +101,7 @@ def build_call_tree(
             ctx, provider, history, language=language, phrase_hints=business.phrase_hints
         )
 
-    decoders: list[Decoder] = []  # the decoder's incarnations, newest last (the STT probe asks it)
+    decoders: list[Decoder] = []  # the decoder running now, once started (the STT probe asks it)
 
     def new_decoder(ctx: Any) -> Decoder:
         decoder = Decoder(

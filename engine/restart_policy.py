@@ -139,6 +139,7 @@ class Backoff:
 #: How often a probe held back by ``ChildSpec.probe_when`` asks again.
 PROBE_RECHECK_S = 0.25
 
+
 @dataclass(frozen=True, slots=True)
 class ChildSpec:
     """One child of a supervisor. Validated on construction (``ValueError`` naming the field).

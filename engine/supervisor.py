@@ -56,10 +56,10 @@ import trio
 from engine.actor import ActorContext, TrioActor, unwrap_group
 from engine.child_slot import Slot, SlotStatus
 from engine.restart_policy import (
+    PROBE_RECHECK_S,
     Action,
     AutoShutdown,
     Backoff,
-    PROBE_RECHECK_S,
     ChildSpec,
     Restart,
     RestartIntensity,
