@@ -12,7 +12,7 @@
    replies: ``together``, N threads ask the voice for a reply at the same instant,
    ``--rounds`` times (the worst case); ``conversation``, N calls for
    ``--conversation-s`` seconds, each speaking a reply, letting it play out and
-   listening 0.1-0.5 s before the next (replies start whenever turns end; about nine
+   listening 0.1-0.5 s before the next (replies start whenever turns end; eight to nine
    of the ten speak at any moment, the table's "speaking"). The time to
    each first 8 kHz μ-law chunk, p50/p95/max, and how many replies had a chunk come
    more than 20 ms after the audio before it would have finished playing; for
@@ -118,8 +118,8 @@ def first_audio(settings: Any, concurrency: int, rounds: int, seconds: float) ->
     """Two loads: ``together`` (``concurrency`` replies asked for at the same instant,
     ``rounds`` times: the worst case) and ``conversation`` (``concurrency`` calls for
     ``seconds``, each speaking a reply, letting it play out, then listening 0.1-0.5 s to
-    its caller before the next: replies start whenever turns end, and on average about
-    nine of the ten are speaking at any moment, reported as ``speaking``)."""
+    its caller before the next: replies start whenever turns end, and on average eight
+    to nine of the ten are speaking at any moment, reported as ``speaking``)."""
     import random
 
     from engine.business import load_businesses
